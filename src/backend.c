@@ -1,0 +1,330 @@
+/*
+ * backend.c - one server connection: the connect, the pipelined writes, and
+ * the reading of replies, each handed to the request at the head of the
+ * in-flight queue (a server answers in order, so the head is the one).
+ *
+ * Read events stay armed in every state: an idle pooled connection that the
+ * server closes, or that receives bytes nobody asked for, is closed at once
+ * instead of being handed to the next client.
+ */
+#include "backend.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "log.h"
+#include "net.h"
+#include "pool.h"
+
+/* Bytes read from one connection per event, so one busy server cannot
+ * starve the other connections of the worker. */
+#define BACKEND_READ_CHUNK (64 * 1024)
+#define BACKEND_READ_BUDGET (1024 * 1024)
+
+static void on_backend_read(evutil_socket_t fd, short what, void *arg);
+static void on_backend_write(evutil_socket_t fd, short what, void *arg);
+
+static void
+log_failure(struct pool *p, const char *what, const char *detail)
+{
+	/* One line per episode of failure, not one per request. */
+	if (p->failing)
+		return;
+	p->failing = true;
+	log_warn("server %s: %s: %s", p->server->addr.text, what, detail);
+}
+
+static void
+mark_dirty(struct backend *b)
+{
+	struct backend_queues *q = b->pool->queues;
+
+	if (b->dirty)
+		return;
+	b->dirty = true;
+	b->dirty_next = q->dirty;
+	q->dirty = b;
+	event_active(q->flush_ev, EV_TIMEOUT, 0);
+}
+
+struct backend *
+backend_open(struct pool *p, char *err, size_t errlen)
+{
+	const struct proto *proto = p->proto;
+	struct backend *b = calloc(1, sizeof(*b) + proto->reply_state_size);
+	char why[128];
+
+	if (b == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	b->fd = -1;
+	TAILQ_INIT(&b->inflight);
+	b->in = evbuffer_new();
+	b->out = evbuffer_new();
+	if (b->in == NULL || b->out == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (net_connect(&p->server->addr, &b->fd, why, sizeof(why)) ==
+	    NET_FAILED) {
+		snprintf(err, errlen, "cannot connect to %s: %s",
+		    p->server->addr.text, why);
+		log_failure(p, "cannot connect", why);
+		p->stats.closed[CLOSE_CONNECT_FAILED]++;
+		goto fail;
+	}
+	proto->reply_init(b->parser);
+	event_assign(&b->rev, p->base, b->fd, EV_READ | EV_PERSIST,
+	    on_backend_read, b);
+	event_assign(&b->wev, p->base, b->fd, EV_WRITE | EV_PERSIST,
+	    on_backend_write, b);
+	event_add(&b->rev, NULL);
+	/* Writable means the connect finished, one way or the other. */
+	event_add(&b->wev, NULL);
+	b->write_armed = true;
+	pool_add(p, b, BACKEND_CONNECTING, clock_ms());
+	log_debug("backend %s#%llu: connecting", p->server->addr.text,
+	    (unsigned long long)b->id);
+	return b;
+fail:
+	if (b->in != NULL)
+		evbuffer_free(b->in);
+	if (b->out != NULL)
+		evbuffer_free(b->out);
+	free(b);
+	return NULL;
+}
+
+/* Queue len bytes of from as req's request; they go out at the end of the
+ * event, together with whatever else the worker sends this server. */
+void
+backend_send(struct backend *b, struct request *req, struct evbuffer *from,
+    size_t len)
+{
+	uint64_t now = clock_ms();
+
+	evbuffer_remove_buffer(from, b->out, len);
+	req->backend = b;
+	req->sent_ms = now;
+	req->state = REQ_SENT;
+	TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
+	b->ninflight++;
+	b->pool->stats.requests++;
+	if (b->state == BACKEND_IDLE)
+		pool_set_state(b, BACKEND_ACTIVE, now);
+	if (b->state != BACKEND_CONNECTING)
+		mark_dirty(b);
+}
+
+/* Hand the reply (or the failure) to the request, which leaves our queue. */
+static void
+complete_request(struct backend *b, struct request *req, size_t len,
+    bool drop, const char *errmsg)
+{
+	TAILQ_REMOVE(&b->inflight, req, backend_link);
+	b->ninflight--;
+	req->backend = NULL;
+	if (req->client == NULL) {
+		/* Its client left: read and discard, stay in step. */
+		if (errmsg == NULL)
+			evbuffer_drain(b->in, len);
+		request_free(b->pool->requests, req);
+		return;
+	}
+	req->done(req, b->in, len, drop, errmsg);
+}
+
+void
+backend_close(struct backend *b, enum close_reason why, const char *detail)
+{
+	struct pool *p = b->pool;
+	struct request *req;
+	char msg[256];
+
+	if (b->state == BACKEND_CLOSED)
+		return;
+	p->stats.closed[why]++;
+	if (why == CLOSE_EVICTED || why == CLOSE_IDLE_TIMEOUT ||
+	    why == CLOSE_SHUTDOWN)
+		log_debug("backend %s#%llu: closed: %s", p->server->addr.text,
+		    (unsigned long long)b->id, detail);
+	else
+		log_info("backend %s#%llu: closed with %u request(s) in "
+		    "flight: %s", p->server->addr.text,
+		    (unsigned long long)b->id, b->ninflight, detail);
+	event_del(&b->rev);
+	event_del(&b->wev);
+	close(b->fd);
+	b->fd = -1;
+	pool_set_state(b, BACKEND_CLOSED, clock_ms());
+	if (why == CLOSE_CONNECT_FAILED)
+		snprintf(msg, sizeof(msg), "cannot connect to %s: %s",
+		    p->server->addr.text, detail);
+	else
+		snprintf(msg, sizeof(msg), "connection to %s lost: %s",
+		    p->server->addr.text, detail);
+	while ((req = TAILQ_FIRST(&b->inflight)) != NULL) {
+		p->stats.errors++;
+		complete_request(b, req, 0, false, msg);
+	}
+	b->dead_next = p->queues->dead;
+	p->queues->dead = b;
+	event_active(p->queues->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void
+finish_connect(struct backend *b)
+{
+	struct pool *p = b->pool;
+	int e = net_socket_error(b->fd);
+	uint64_t now = clock_ms();
+	struct request *req;
+
+	if (e != 0) {
+		log_failure(p, "cannot connect", strerror(e));
+		backend_close(b, CLOSE_CONNECT_FAILED, strerror(e));
+		return;
+	}
+	if (p->failing) {
+		p->failing = false;
+		log_notice("server %s: connected again", p->server->addr.text);
+	}
+	/* The request timeout runs from when a request is written. */
+	TAILQ_FOREACH(req, &b->inflight, backend_link)
+		req->sent_ms = now;
+	pool_set_state(b, b->ninflight > 0 ? BACKEND_ACTIVE : BACKEND_IDLE,
+	    now);
+}
+
+/* Write what is queued. Returns -1 when the connection had to close. */
+static int
+flush_backend(struct backend *b)
+{
+	while (evbuffer_get_length(b->out) > 0) {
+		int n = evbuffer_write(b->out, b->fd);
+		if (n > 0)
+			continue;
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			break;
+		backend_close(b, CLOSE_SERVER_ERROR,
+		    n == 0 ? "write failed" : strerror(errno));
+		return -1;
+	}
+	bool want = evbuffer_get_length(b->out) > 0;
+	if (want && !b->write_armed)
+		event_add(&b->wev, NULL);
+	else if (!want && b->write_armed)
+		event_del(&b->wev);
+	b->write_armed = want;
+	return 0;
+}
+
+static void
+on_backend_write(evutil_socket_t fd, short what, void *arg)
+{
+	struct backend *b = arg;
+
+	if (b->state == BACKEND_CONNECTING) {
+		finish_connect(b);
+		if (b->state == BACKEND_CLOSED)
+			return;
+	}
+	flush_backend(b);
+}
+
+void
+backend_flush_all(struct backend_queues *q)
+{
+	struct backend *b;
+
+	while ((b = q->dirty) != NULL) {
+		q->dirty = b->dirty_next;
+		b->dirty = false;
+		if (b->state != BACKEND_CLOSED && b->state != BACKEND_CONNECTING)
+			flush_backend(b);
+	}
+}
+
+void
+backend_reap(struct backend_queues *q)
+{
+	struct backend *b;
+
+	while ((b = q->dead) != NULL) {
+		q->dead = b->dead_next;
+		assert(!b->dirty); /* the worker flushes before it reaps */
+		evbuffer_free(b->in);
+		evbuffer_free(b->out);
+		free(b);
+	}
+}
+
+/* Match every whole reply in b->in to the request it answers. */
+static void
+parse_replies(struct backend *b)
+{
+	const struct proto *proto = b->pool->proto;
+
+	while (evbuffer_get_length(b->in) > 0 && b->state != BACKEND_CLOSED) {
+		struct request *req = TAILQ_FIRST(&b->inflight);
+		struct replyinfo ri = { 0 };
+		if (req == NULL) {
+			backend_close(b, CLOSE_UNEXPECTED_DATA,
+			    "unexpected data from server");
+			return;
+		}
+		enum reply_verdict v = proto->parse_reply(b->parser, b->in,
+		    req->pflags, &ri);
+		if (v == RV_NEED_MORE)
+			return;
+		if (v == RV_ERROR) {
+			backend_close(b, CLOSE_PROTOCOL_ERROR, ri.err != NULL ?
+			    ri.err : "unparsable reply");
+			return;
+		}
+		if (ri.push) {
+			evbuffer_drain(b->in, ri.len);
+			continue;
+		}
+		complete_request(b, req, ri.len, ri.drop, NULL);
+	}
+	if (b->state == BACKEND_ACTIVE && b->ninflight == 0)
+		pool_set_state(b, BACKEND_IDLE, clock_ms());
+}
+
+static void
+on_backend_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct backend *b = arg;
+	size_t total = 0;
+
+	while (total < BACKEND_READ_BUDGET) {
+		ssize_t n = net_read(b->in, b->fd, BACKEND_READ_CHUNK);
+		if (n > 0) {
+			total += (size_t)n;
+			if ((size_t)n < BACKEND_READ_CHUNK)
+				break;
+			continue;
+		}
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			break;
+		/* Replies already read still go to their clients first. */
+		parse_replies(b);
+		if (b->state == BACKEND_CLOSED)
+			return;
+		if (n == 0)
+			backend_close(b, CLOSE_SERVER_EOF, "closed by server");
+		else
+			backend_close(b, CLOSE_SERVER_ERROR, strerror(errno));
+		return;
+	}
+	if (b->state == BACKEND_CONNECTING)
+		return; /* data before the connect completed: wait for it */
+	parse_replies(b);
+}

@@ -1,0 +1,70 @@
+/*
+ * backend.h - one connection to a server: connect, pipelined writes, and
+ * replies matched to the requests in flight on it, in order.
+ */
+#ifndef SIDEPOOL_BACKEND_H
+#define SIDEPOOL_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <event2/buffer.h>
+
+#include "request.h"
+#include "stats.h"
+
+struct pool;
+
+/* Each state is a list in the pool (pool.c moves connections between them). */
+enum backend_state {
+	BACKEND_CONNECTING, /* connect() in progress; requests queue in out */
+	BACKEND_IDLE,       /* connected, nothing in flight: in the LRU list */
+	BACKEND_ACTIVE,     /* requests in flight */
+	BACKEND_CLOSED,     /* in no list; freed at the end of the event */
+	BACKEND_STATE_COUNT
+};
+
+struct backend {
+	TAILQ_ENTRY(backend) pool_link;
+	struct pool *pool;
+	enum backend_state state;
+	int fd;
+	uint64_t id;
+	uint64_t created_ms;
+	uint64_t since_ms;          /* when it entered its current state */
+	struct event rev;           /* always armed: idle reads are watched too */
+	struct event wev;           /* armed only while out could not be written */
+	struct evbuffer *in;
+	struct evbuffer *out;
+	struct request_queue inflight;
+	unsigned ninflight;
+	struct backend *dirty_next; /* in the worker's to-flush list */
+	struct backend *dead_next;  /* in the worker's to-free list */
+	bool dirty;
+	bool write_armed;
+	unsigned char parser[];     /* the protocol's reply parser state */
+};
+
+TAILQ_HEAD(backend_list, backend);
+
+/* Work deferred to the end of the current event, owned by the worker:
+ * connections with bytes to write (so many clients' requests go out in one
+ * writev) and closed connections to free (never inside their own callback). */
+struct backend_queues {
+	struct backend *dirty;
+	struct backend *dead;
+	struct event *flush_ev; /* activated whenever either list gains one */
+};
+
+struct backend *backend_open(struct pool *p, char *err, size_t errlen);
+void backend_send(struct backend *b, struct request *req,
+    struct evbuffer *from, size_t len);
+void backend_close(struct backend *b, enum close_reason why,
+    const char *detail);
+void backend_flush_all(struct backend_queues *q);
+void backend_reap(struct backend_queues *q);
+
+#endif

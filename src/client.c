@@ -1,0 +1,442 @@
+/*
+ * client.c - a client connection: read bytes, let the protocol cut them
+ * into requests, send each to a pooled backend connection (or answer it
+ * here), and write the replies back in the order the requests came.
+ *
+ * Order: a client's requests all ride on one backend connection while any
+ * is in flight (c->bound), so the server runs them in the order sent, and
+ * replies that complete out of turn wait in their request until every
+ * earlier one has been written.
+ */
+#include "client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "log.h"
+#include "net.h"
+
+#define CLIENT_READ_CHUNK (16 * 1024)
+#define CLIENT_READ_BUDGET (256 * 1024)
+
+static void on_client_read(evutil_socket_t fd, short what, void *arg);
+static void on_client_write(evutil_socket_t fd, short what, void *arg);
+static void process_input(struct client *c);
+
+static void
+mark_dirty(struct client *c)
+{
+	struct client_env *env = c->env;
+
+	if (c->dirty)
+		return;
+	c->dirty = true;
+	c->dirty_next = env->dirty;
+	env->dirty = c;
+	event_active(env->flush_ev, EV_TIMEOUT, 0);
+}
+
+static void
+set_reading(struct client *c, bool on)
+{
+	if (c->reading == on)
+		return;
+	c->reading = on;
+	if (on)
+		event_add(&c->rev, NULL);
+	else
+		event_del(&c->rev);
+}
+
+struct client *
+client_new(struct client_env *env, const struct route *route,
+    const struct cfg_listener *listener, atomic_uint *listener_count, int fd)
+{
+	const struct proto *proto = route->proto;
+	struct client *c = calloc(1, sizeof(*c) + proto->req_state_size);
+
+	if (c == NULL)
+		return NULL;
+	c->in = evbuffer_new();
+	c->out = evbuffer_new();
+	if (c->in == NULL || c->out == NULL) {
+		if (c->in != NULL)
+			evbuffer_free(c->in);
+		if (c->out != NULL)
+			evbuffer_free(c->out);
+		free(c);
+		return NULL;
+	}
+	c->env = env;
+	c->route = route;
+	c->listener = listener;
+	c->listener_count = listener_count;
+	c->fd = fd;
+	c->id = ++env->next_id;
+	c->state = CLIENT_OPEN;
+	c->last_active_ms = clock_ms();
+	TAILQ_INIT(&c->reqs);
+	proto->req_init(c->parser);
+	event_assign(&c->rev, env->base, fd, EV_READ | EV_PERSIST,
+	    on_client_read, c);
+	event_assign(&c->wev, env->base, fd, EV_WRITE | EV_PERSIST,
+	    on_client_write, c);
+	set_reading(c, true);
+	TAILQ_INSERT_TAIL(&env->clients, c, link);
+	env->nclients++;
+	env->stats->clients_accepted++;
+	log_debug("client #%llu: connected on %s", (unsigned long long)c->id,
+	    listener->addr.text);
+	return c;
+}
+
+/* Over max_clients: one error line, best effort, and close. */
+void
+client_reject(const struct route *route, int fd, const char *msg)
+{
+	struct evbuffer *out = evbuffer_new();
+
+	if (out != NULL) {
+		route->proto->error_reply(out, 0, msg);
+		(void)evbuffer_write(out, fd);
+		evbuffer_free(out);
+	}
+	close(fd);
+}
+
+void
+client_close(struct client *c, const char *why)
+{
+	struct client_env *env = c->env;
+	struct request *req, *next;
+
+	if (c->state == CLIENT_CLOSED)
+		return;
+	log_debug("client #%llu: closed: %s", (unsigned long long)c->id, why);
+	c->state = CLIENT_CLOSED;
+	event_del(&c->rev);
+	event_del(&c->wev);
+	close(c->fd);
+	c->fd = -1;
+	/* Requests still at a server become orphans: their backend reads the
+	 * replies and drops them. Finished ones just go. */
+	for (req = TAILQ_FIRST(&c->reqs); req != NULL; req = next) {
+		next = TAILQ_NEXT(req, client_link);
+		if (req->state == REQ_SENT)
+			req->client = NULL;
+		else
+			request_free(&env->requests, req);
+	}
+	TAILQ_INIT(&c->reqs);
+	c->npending = 0;
+	c->nsent = 0;
+	c->bound = NULL;
+	TAILQ_REMOVE(&env->clients, c, link);
+	env->nclients--;
+	env->stats->clients_closed++;
+	atomic_fetch_sub(c->listener_count, 1);
+	c->dead_next = env->dead;
+	env->dead = c;
+	event_active(env->flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Stop reading; close once every reply owed has been written. */
+void
+client_drain(struct client *c)
+{
+	if (c->state != CLIENT_OPEN)
+		return;
+	c->state = CLIENT_DRAINING;
+	set_reading(c, false);
+	mark_dirty(c);
+}
+
+/* Put a finished reply where it belongs: on the wire if every earlier
+ * request has been answered, else kept in the request until they are. */
+static void
+store_reply(struct client *c, struct request *req, struct evbuffer *dst,
+    struct evbuffer *src, size_t len, bool drop, const char *errmsg)
+{
+	if (errmsg != NULL)
+		c->route->proto->error_reply(dst, req->pflags, errmsg);
+	else if (drop)
+		evbuffer_drain(src, len);
+	else
+		evbuffer_remove_buffer(src, dst, len);
+}
+
+/* Write out, in order, every finished request at the head of the queue. */
+static void
+release_done(struct client *c)
+{
+	struct request *req;
+
+	while ((req = TAILQ_FIRST(&c->reqs)) != NULL &&
+	    req->state == REQ_DONE) {
+		TAILQ_REMOVE(&c->reqs, req, client_link);
+		c->npending--;
+		if (req->reply != NULL)
+			evbuffer_add_buffer(c->out, req->reply);
+		request_free(&c->env->requests, req);
+	}
+	mark_dirty(c);
+}
+
+static void
+on_request_done(struct request *req, struct evbuffer *src, size_t len,
+    bool drop, const char *errmsg)
+{
+	struct client *c = req->client;
+
+	if (--c->nsent == 0)
+		c->bound = NULL; /* free to use any connection again */
+	req->state = REQ_DONE;
+	if (req == TAILQ_FIRST(&c->reqs)) {
+		store_reply(c, req, c->out, src, len, drop, errmsg);
+		release_done(c);
+		return;
+	}
+	req->reply = evbuffer_new();
+	if (req->reply == NULL) {
+		client_close(c, "out of memory");
+		evbuffer_drain(src, len);
+		return;
+	}
+	store_reply(c, req, req->reply, src, len, drop, errmsg);
+}
+
+/* A reply the proxy made itself, queued in order like any other. */
+static void
+queue_local_reply(struct client *c, struct evbuffer *reply)
+{
+	if (c->npending == 0) {
+		evbuffer_add_buffer(c->out, reply);
+		mark_dirty(c);
+		return;
+	}
+	struct request *req = request_new(&c->env->requests);
+	if (req == NULL || (req->reply = evbuffer_new()) == NULL) {
+		if (req != NULL)
+			request_free(&c->env->requests, req);
+		client_close(c, "out of memory");
+		return;
+	}
+	evbuffer_add_buffer(req->reply, reply);
+	req->client = c;
+	req->state = REQ_DONE;
+	TAILQ_INSERT_TAIL(&c->reqs, req, client_link);
+	c->npending++;
+}
+
+static void
+reply_error(struct client *c, uint32_t pflags, const char *msg)
+{
+	struct evbuffer *scratch = c->env->scratch;
+
+	c->route->proto->error_reply(scratch, pflags, msg);
+	queue_local_reply(c, scratch);
+}
+
+/* Send the request at the head of c->in (len bytes) to a server. */
+static void
+forward_request(struct client *c, size_t len, uint32_t pflags)
+{
+	struct pool *pool = &c->route->pools[0];
+	struct backend *b = c->bound;
+	char err[256];
+
+	if (b == NULL) {
+		b = pool_acquire(pool, clock_ms(), err, sizeof(err));
+		if (b == NULL) {
+			evbuffer_drain(c->in, len);
+			reply_error(c, pflags, err);
+			return;
+		}
+	}
+	struct request *req = request_new(&c->env->requests);
+	if (req == NULL) {
+		client_close(c, "out of memory");
+		return;
+	}
+	req->client = c;
+	req->done = on_request_done;
+	req->pflags = pflags;
+	TAILQ_INSERT_TAIL(&c->reqs, req, client_link);
+	c->npending++;
+	c->nsent++;
+	c->bound = b;
+	backend_send(b, req, c->in, len);
+}
+
+static bool
+over_limits(const struct client *c)
+{
+	const struct cfg_limits *lim = &c->route->upstream->limits;
+
+	return c->npending >= lim->max_pending ||
+	    evbuffer_get_length(c->out) >= lim->max_output;
+}
+
+/* Cut c->in into requests and dispatch each, until it runs dry, a limit
+ * pauses reading, or the client must close. */
+static void
+process_input(struct client *c)
+{
+	const struct proto *proto = c->route->proto;
+	const struct cfg_limits *lim = &c->route->upstream->limits;
+	struct evbuffer *scratch = c->env->scratch;
+
+	while (c->state == CLIENT_OPEN && evbuffer_get_length(c->in) > 0) {
+		if (over_limits(c)) {
+			set_reading(c, false); /* resumed when replies drain */
+			return;
+		}
+		struct reqinfo ri = { .reply = scratch };
+		enum proto_verdict v = proto->parse_request(c->parser, c->in,
+		    lim, &ri);
+		switch (v) {
+		case PV_NEED_MORE:
+			if (evbuffer_get_length(c->in) > lim->max_request_size) {
+				reply_error(c, 0, "request larger than "
+				    "max_request_size");
+				client_drain(c);
+			}
+			return;
+		case PV_FORWARD:
+			c->env->stats->requests++;
+			forward_request(c, ri.len, ri.pflags);
+			break;
+		case PV_LOCAL:
+			c->env->stats->local_replies++;
+			evbuffer_drain(c->in, ri.len);
+			queue_local_reply(c, scratch);
+			break;
+		case PV_SKIP:
+			evbuffer_drain(c->in, ri.len);
+			break;
+		case PV_LOCAL_CLOSE:
+		case PV_ERROR_CLOSE:
+			if (v == PV_ERROR_CLOSE)
+				c->env->stats->protocol_errors++;
+			evbuffer_drain(c->in, evbuffer_get_length(c->in));
+			queue_local_reply(c, scratch);
+			client_drain(c);
+			return;
+		}
+	}
+}
+
+static void
+on_client_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct client *c = arg;
+	struct client_env *env = c->env;
+	size_t total = 0;
+
+	while (total < CLIENT_READ_BUDGET) {
+		ssize_t n = net_read(c->in, c->fd, CLIENT_READ_CHUNK);
+		if (n > 0) {
+			total += (size_t)n;
+			if ((size_t)n < CLIENT_READ_CHUNK)
+				break;
+			continue;
+		}
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			break;
+		client_close(c, n == 0 ? "closed by client" : strerror(errno));
+		return;
+	}
+	env->stats->bytes_in += total;
+	c->last_active_ms = clock_ms();
+	TAILQ_REMOVE(&env->clients, c, link);
+	TAILQ_INSERT_TAIL(&env->clients, c, link);
+	process_input(c);
+}
+
+/* Write what is owed. Afterwards: close a draining client that is done,
+ * or resume a paused one whose backlog has shrunk. */
+static void
+flush_client(struct client *c)
+{
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+		if (n > 0) {
+			c->env->stats->bytes_out += (uint64_t)n;
+			continue;
+		}
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			break;
+		client_close(c, n == 0 ? "write failed" : strerror(errno));
+		return;
+	}
+	bool want = evbuffer_get_length(c->out) > 0;
+	if (want && !c->write_armed)
+		event_add(&c->wev, NULL);
+	else if (!want && c->write_armed)
+		event_del(&c->wev);
+	c->write_armed = want;
+	if (c->state == CLIENT_DRAINING && !want && c->npending == 0) {
+		client_close(c, "done");
+		return;
+	}
+	if (c->state == CLIENT_OPEN && !c->reading && !over_limits(c)) {
+		set_reading(c, true);
+		process_input(c);
+	}
+}
+
+static void
+on_client_write(evutil_socket_t fd, short what, void *arg)
+{
+	flush_client(arg);
+}
+
+void
+client_flush_all(struct client_env *env)
+{
+	struct client *c;
+
+	while ((c = env->dirty) != NULL) {
+		env->dirty = c->dirty_next;
+		c->dirty = false;
+		if (c->state != CLIENT_CLOSED)
+			flush_client(c);
+	}
+}
+
+void
+client_reap(struct client_env *env)
+{
+	struct client *c;
+
+	while ((c = env->dead) != NULL) {
+		env->dead = c->dead_next;
+		evbuffer_free(c->in);
+		evbuffer_free(c->out);
+		free(c);
+	}
+}
+
+/* Clients idle past their listener's idle_timeout. The list is in order of
+ * last activity, so the scan stops at the first that is recent enough for
+ * the shortest timeout of all. */
+void
+client_expire_idle(struct client_env *env, uint64_t now,
+    uint64_t min_timeout_ms)
+{
+	struct client *c, *next;
+
+	for (c = TAILQ_FIRST(&env->clients); c != NULL; c = next) {
+		next = TAILQ_NEXT(c, link);
+		uint64_t idle = now - c->last_active_ms;
+		if (idle < min_timeout_ms)
+			break;
+		uint64_t limit = c->listener->idle_timeout_ms;
+		if (limit > 0 && idle >= limit && c->npending == 0)
+			client_close(c, "idle timeout");
+	}
+}
