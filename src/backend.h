@@ -6,6 +6,7 @@
 #define SIDEPOOL_BACKEND_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -45,7 +46,8 @@ struct backend {
 	struct backend *dead_next;  /* in the worker's to-free list */
 	bool dirty;
 	bool write_armed;
-	unsigned char parser[];     /* the protocol's reply parser state */
+	/* the protocol's reply parser state; aligned for any struct */
+	_Alignas(max_align_t) unsigned char parser[];
 };
 
 TAILQ_HEAD(backend_list, backend);

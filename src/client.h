@@ -6,6 +6,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -73,7 +74,8 @@ struct client {
 	bool dirty;
 	bool reading;
 	bool write_armed;
-	unsigned char parser[];       /* the protocol's request parser state */
+	/* the protocol's request parser state; aligned for any struct */
+	_Alignas(max_align_t) unsigned char parser[];
 };
 
 struct client *client_new(struct client_env *env, const struct route *route,

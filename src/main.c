@@ -27,10 +27,9 @@ struct daemon {
 	size_t nlisteners;
 	struct worker *workers;
 	unsigned nworkers;
-	unsigned nexited;
 	bool stopping;
 	struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
-	struct event *exited;
+	struct event *worker_news; /* a worker stopped accepting, or ended */
 	struct event *stop_timer;
 };
 
@@ -104,11 +103,18 @@ open_listeners(struct daemon *d)
 	return 0;
 }
 
+/* Close the listening sockets; the structures stay until workers are gone. */
 static void
-close_listeners(struct daemon *d)
+close_listener_sockets(struct daemon *d)
 {
 	for (size_t i = 0; i < d->nlisteners; i++)
 		listener_close(&d->listeners[i]);
+}
+
+static void
+close_listeners(struct daemon *d)
+{
+	close_listener_sockets(d);
 	free(d->listeners);
 	d->listeners = NULL;
 	d->nlisteners = 0;
@@ -125,7 +131,7 @@ start_workers(struct daemon *d)
 	for (unsigned i = 0; i < d->cfg->workers; i++) {
 		d->nworkers = i + 1;
 		if (worker_init(&d->workers[i], i, d->cfg, d->listeners,
-		    d->nlisteners, d->exited, err, sizeof(err)) == -1 ||
+		    d->nlisteners, d->worker_news, err, sizeof(err)) == -1 ||
 		    worker_start(&d->workers[i], err, sizeof(err)) == -1) {
 			log_error("%s", err);
 			return -1;
@@ -176,9 +182,6 @@ begin_stop(struct daemon *d, const char *why)
 	    "owed)", why, (unsigned long long)ms);
 	for (unsigned i = 0; i < d->nworkers; i++)
 		worker_request_stop(&d->workers[i], false);
-	/* Listening sockets close now, so new clients are refused at once
-	 * rather than left in a backlog nobody will accept from. */
-	close_listeners(d);
 	tv.tv_sec = (time_t)(ms / 1000);
 	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
 	event_add(d->stop_timer, &tv);
@@ -209,18 +212,27 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
+/*
+ * Activations can merge, so look at every worker. Once no worker watches
+ * the listening sockets any more they close, and new clients are refused at
+ * once instead of waiting in a backlog nobody will accept from (closing
+ * them earlier would pull descriptors from under the workers' loops).
+ */
 static void
-on_worker_exited(evutil_socket_t fd, short what, void *arg)
+on_worker_news(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	unsigned n = 0;
+	unsigned stopped = 0, deaf = 0;
 
-	/* Activations can merge: count the workers that really stopped. */
-	for (unsigned i = 0; i < d->nworkers; i++)
-		if (d->workers[i].state == WORKER_STOPPED)
-			n++;
-	d->nexited = n;
-	if (n == d->nworkers) {
+	for (unsigned i = 0; i < d->nworkers; i++) {
+		if (atomic_load(&d->workers[i].accepts_stopped))
+			deaf++;
+		if (atomic_load(&d->workers[i].finished))
+			stopped++;
+	}
+	if (deaf == d->nworkers)
+		close_listener_sockets(d);
+	if (stopped == d->nworkers) {
 		if (!d->stopping)
 			log_error("all workers stopped unexpectedly");
 		event_base_loopbreak(d->base);
@@ -237,16 +249,17 @@ setup_main_loop(struct daemon *d)
 	d->sig_int = evsignal_new(d->base, SIGINT, on_signal, d);
 	d->sig_hup = evsignal_new(d->base, SIGHUP, on_signal, d);
 	d->sig_usr1 = evsignal_new(d->base, SIGUSR1, on_signal, d);
-	d->exited = event_new(d->base, -1, EV_PERSIST, on_worker_exited, d);
+	d->worker_news = event_new(d->base, -1, EV_PERSIST, on_worker_news,
+	    d);
 	d->stop_timer = evtimer_new(d->base, on_stop_timeout, d);
 	if (!d->sig_term || !d->sig_int || !d->sig_hup || !d->sig_usr1 ||
-	    !d->exited || !d->stop_timer)
+	    !d->worker_news || !d->stop_timer)
 		return -1;
 	event_add(d->sig_term, NULL);
 	event_add(d->sig_int, NULL);
 	event_add(d->sig_hup, NULL);
 	event_add(d->sig_usr1, NULL);
-	event_add(d->exited, NULL);
+	event_add(d->worker_news, NULL);
 	return 0;
 }
 
@@ -254,7 +267,7 @@ static void
 free_main_loop(struct daemon *d)
 {
 	struct event *evs[] = { d->sig_term, d->sig_int, d->sig_hup,
-	    d->sig_usr1, d->exited, d->stop_timer };
+	    d->sig_usr1, d->worker_news, d->stop_timer };
 
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i] != NULL)

@@ -94,7 +94,6 @@ static const struct mc_cmd mc_cmds[] = {
 #define MC_E_DELETE \
 	"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]"
 #define MC_E_TOO_LARGE "SERVER_ERROR object too large for cache"
-#define MC_E_CHUNK "CLIENT_ERROR bad data chunk\r\n"
 
 /* sidepool's own: CLIENT_ERROR for what the client sent, SERVER_ERROR for
  * what went wrong here or at the server */
@@ -730,7 +729,6 @@ struct mc_req_state {
 	size_t strip_from;   /* DATA: line bytes to remove when forwarding */
 	size_t strip_to;
 	uint32_t pflags;
-	bool noreply;
 	const char *name;
 	uint64_t examined;   /* bytes searched or copied, ever (tests) */
 };
@@ -788,24 +786,19 @@ mc_req_forward(struct mc_req_state *st, struct evbuffer *in,
 	return PV_FORWARD;
 }
 
-/* The data block is counted, never scanned: it is binary and may be big. */
+/*
+ * The data block is counted, never scanned: it is binary and may be big.
+ * Whether it ends in "\r\n" is the server's to say: memcached reads exactly
+ * <bytes>+2 either way and answers one line ("bad data chunk", or an error
+ * about the flags or the size that it finds first), so forwarding it is
+ * both safe for the connection and exact for the client.
+ */
 static enum proto_verdict
 mc_req_data(struct mc_req_state *st, struct evbuffer *in, struct reqinfo *ri)
 {
-	uint64_t need = st->line_len + st->data_len;
-
-	if (evbuffer_get_length(in) < need)
+	if (evbuffer_get_length(in) < st->line_len + st->data_len)
 		return PV_NEED_MORE;
-	st->examined += 2;
-	if (mc_crlf_at(in, (size_t)need - 2))
-		return mc_req_forward(st, in, ri, st->data_len);
-	/* classic noreply hides even this error; meta q never hides one */
-	if (!st->noreply)
-		evbuffer_add(ri->reply, MC_E_CHUNK, strlen(MC_E_CHUNK));
-	ri->len = (size_t)need;
-	ri->name = st->name;
-	mc_req_reset(st);
-	return PV_LOCAL;
+	return mc_req_forward(st, in, ri, st->data_len);
 }
 
 static enum proto_verdict
@@ -847,7 +840,6 @@ mc_req_act(struct mc_req_state *st, struct evbuffer *in,
 	case MC_ACT_FORWARD:
 		st->line_len = line_len;
 		st->pflags = plan->pflags;
-		st->noreply = plan->noreply;
 		st->strip_from = plan->strip_from;
 		st->strip_to = plan->strip_to;
 		st->name = plan->name;

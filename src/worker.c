@@ -168,6 +168,8 @@ job_drain(struct worker *w, void *arg)
 		event_del(&w->listeners[i].accept_ev);
 		event_del(&w->listeners[i].resume_ev);
 	}
+	atomic_store(&w->accepts_stopped, true);
+	event_active(w->notify_main, EV_READ, 0);
 	for (c = TAILQ_FIRST(&w->env.clients); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, link);
 		if (c->npending == 0 && evbuffer_get_length(c->out) == 0)
@@ -294,13 +296,13 @@ init_listeners(struct worker *w, struct listener *ls, size_t n)
 
 int
 worker_init(struct worker *w, unsigned id, const struct config *cfg,
-    struct listener *listeners, size_t nlisteners, struct event *exited,
+    struct listener *listeners, size_t nlisteners, struct event *notify_main,
     char *err, size_t errlen)
 {
 	memset(w, 0, sizeof(*w));
 	w->id = id;
 	w->cfg = cfg;
-	w->exited = exited;
+	w->notify_main = notify_main;
 	snprintf(w->name, sizeof(w->name), "w%u", id);
 	pthread_mutex_init(&w->lock, NULL);
 	w->base = event_base_new();
@@ -349,7 +351,9 @@ run_worker(void *arg)
 	log_debug("started");
 	event_base_dispatch(w->base);
 	log_debug("stopped");
-	event_active(w->exited, EV_READ, 0);
+	atomic_store(&w->accepts_stopped, true);
+	atomic_store(&w->finished, true);
+	event_active(w->notify_main, EV_READ, 0);
 	return NULL;
 }
 

@@ -11,6 +11,7 @@
 #define SIDEPOOL_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include <event2/event.h>
@@ -66,11 +67,17 @@ struct worker {
 	struct event *mailbox;
 	pthread_mutex_t lock;   /* guards jobs, and nothing else */
 	struct worker_job *jobs;
-	struct event *exited;   /* the main thread's: activated at thread exit */
+	/* The main thread's event, activated when this worker has stopped
+	 * accepting (accepts_stopped) and again when its thread ends (state
+	 * finished), so main knows when the listening sockets are no longer
+	 * watched by anyone and may be closed, and when to join. */
+	struct event *notify_main;
+	atomic_bool accepts_stopped;
+	atomic_bool finished;
 };
 
 int worker_init(struct worker *w, unsigned id, const struct config *cfg,
-    struct listener *listeners, size_t nlisteners, struct event *exited,
+    struct listener *listeners, size_t nlisteners, struct event *notify_main,
     char *err, size_t errlen);
 int worker_start(struct worker *w, char *err, size_t errlen);
 int worker_post(struct worker *w, worker_job_fn *fn, void *arg);

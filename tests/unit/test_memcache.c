@@ -724,22 +724,24 @@ START_TEST(noreply_suppresses_local_errors_like_memcached)
 }
 END_TEST
 
-START_TEST(bad_data_chunk_answered)
+START_TEST(bad_data_chunk_forwarded_for_the_server_to_answer)
 {
-	/* memcached reads exactly <bytes>+2, then the rest is a command */
+	/*
+	 * memcached reads exactly <bytes>+2 and answers one line, "bad data
+	 * chunk" or an error it finds first (a bad meta flag, its own item
+	 * size limit); then the rest is a command.
+	 */
 	CHECK_REQ("set k 0 0 3\r\nabcde\r\n",
-	    "L:CLIENT_ERROR bad data chunk\r\n|L:ERROR\r\n|");
+	    "F0:set:set k 0 0 3\r\nabcde|L:ERROR\r\n|");
 	CHECK_REQ("set k 0 0 3\r\nabcdefgh\r\nget k\r\n",
-	    "L:CLIENT_ERROR bad data chunk\r\n|L:ERROR\r\n|F1:get:get k\r\n|");
-	CHECK_REQ("set k 0 0 1\r\nx\r\r\n",
-	    "L:CLIENT_ERROR bad data chunk\r\n|L:ERROR\r\n|");
+	    "F0:set:set k 0 0 3\r\nabcde|L:ERROR\r\n|F1:get:get k\r\n|");
+	CHECK_REQ("set k 0 0 1\r\nx\r\r\n", "F0:set:set k 0 0 1\r\nx\r\r|L:ERROR\r\n|");
 	CHECK_REQ("set k 0 0 3\r\nabc\nget k\r\n",
-	    "L:CLIENT_ERROR bad data chunk\r\n|L:ERROR\r\n|");
+	    "F0:set:set k 0 0 3\r\nabc\ng|L:ERROR\r\n|");
 	CHECK_REQ("set k 0 0 3 noreply\r\nabcde\r\nget k\r\n",
-	    "L:|L:ERROR\r\n|F1:get:get k\r\n|");
-	/* a meta set in quiet mode still gets its errors */
-	CHECK_REQ("ms k 3 q\r\nabcde\r\n",
-	    "L:CLIENT_ERROR bad data chunk\r\n|L:ERROR\r\n|");
+	    "F10:set:set k 0 0 3\r\nabcde|L:ERROR\r\n|F1:get:get k\r\n|");
+	CHECK_REQ("ms k 3 q z\r\nabcde\r\n",
+	    "F40:ms:ms k 3 z\r\nabcde|L:ERROR\r\n|");
 }
 END_TEST
 
@@ -1092,8 +1094,7 @@ START_TEST(meta_set_forms)
 	    "L:CLIENT_ERROR bad command line format\r\n|L:ERROR\r\n|");
 	CHECK_REQ("ms k -1\r\nabc\r\n",
 	    "L:CLIENT_ERROR bad command line format\r\n|L:ERROR\r\n|");
-	CHECK_REQ("ms k 3\r\nabcde\r\n",
-	    "L:CLIENT_ERROR bad data chunk\r\n|L:ERROR\r\n|");
+	CHECK_REQ("ms k 3\r\nabcde\r\n", "F0:ms:ms k 3\r\nabcde|L:ERROR\r\n|");
 }
 END_TEST
 
@@ -1300,9 +1301,9 @@ START_TEST(reply_noreply_drops_everything)
 	const uint32_t pf[] = { set, set, get };
 
 	ck_assert_uint_eq(set, MC_PF_NOREPLY);
-	CHECK_REPLY("STORED\r\nSERVER_ERROR out of memory storing object\r\n"
+	CHECK_REPLY("STORED\r\nCLIENT_ERROR bad data chunk\r\n"
 	    "END\r\n", pf,
-	    "D:STORED\r\n|D:SERVER_ERROR out of memory storing object\r\n|"
+	    "D:STORED\r\n|D:CLIENT_ERROR bad data chunk\r\n|"
 	    "R:END\r\n|");
 }
 END_TEST
@@ -1534,7 +1535,7 @@ memcache_suite(void)
 	    storage_bad_numbers_answered_and_data_read_as_command);
 	tcase_add_test(storage, storage_numbers_memcached_accepts_are_forwarded);
 	tcase_add_test(storage, noreply_suppresses_local_errors_like_memcached);
-	tcase_add_test(storage, bad_data_chunk_answered);
+	tcase_add_test(storage, bad_data_chunk_forwarded_for_the_server_to_answer);
 	tcase_add_test(storage, data_block_waits_for_all_its_bytes);
 	tcase_add_test(storage, too_large_value_answered_and_swallowed);
 	tcase_add_test(storage, too_large_default_swallows_without_buffering);
