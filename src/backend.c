@@ -30,16 +30,6 @@ static void on_backend_read(evutil_socket_t fd, short what, void *arg);
 static void on_backend_write(evutil_socket_t fd, short what, void *arg);
 
 static void
-log_failure(struct pool *p, const char *what, const char *detail)
-{
-	/* One line per episode of failure, not one per request. */
-	if (p->failing)
-		return;
-	p->failing = true;
-	log_warn("server %s: %s: %s", p->server->addr.text, what, detail);
-}
-
-static void
 mark_dirty(struct backend *b)
 {
 	struct backend_queues *q = b->pool->queues;
@@ -75,8 +65,8 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	    NET_FAILED) {
 		snprintf(err, errlen, "cannot connect to %s: %s",
 		    p->server->addr.text, why);
-		log_failure(p, "cannot connect", why);
 		p->stats.closed[CLOSE_CONNECT_FAILED]++;
+		pool_record_failure(p, clock_ms(), true, err);
 		goto fail;
 	}
 	proto->reply_init(b->parser);
@@ -122,6 +112,58 @@ backend_send(struct backend *b, struct request *req, struct evbuffer *from,
 		mark_dirty(b);
 }
 
+static void
+on_probe_done(struct request *req, struct evbuffer *src, size_t len,
+    bool drop, const char *errmsg)
+{
+	struct backend *b = req->client;
+	struct pool *p = b->pool;
+	uint64_t now = clock_ms();
+
+	request_free(p->requests, req);
+	b->probe_queued = false;
+	if (errmsg != NULL)
+		return; /* the connection is closing and said why */
+	bool ok = p->proto->probe_ok == NULL || p->proto->probe_ok(src, len);
+	evbuffer_drain(src, len);
+	if (!ok) {
+		backend_close(b, CLOSE_PROBE_FAILED, "unhealthy probe reply");
+		return;
+	}
+	b->probed_ms = now;
+	pool_record_success(p, now);
+	pool_release(b, now);
+}
+
+/*
+ * Check a connection nobody is using: the protocol's no-op, with its reply
+ * read by the proxy itself. A probing connection is in no list a client
+ * takes from, so a probe never delays a client's request.
+ */
+void
+backend_probe(struct backend *b)
+{
+	struct request *req = request_new(b->pool->requests);
+
+	if (req == NULL) {
+		backend_close(b, CLOSE_PROBE_FAILED, "out of memory");
+		return;
+	}
+	req->client = b;
+	req->done = on_probe_done;
+	req->state = REQ_SENT;
+	req->backend = b;
+	req->sent_ms = clock_ms();
+	b->pool->proto->probe(b->out);
+	TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
+	b->ninflight++;
+	b->probe_queued = true;
+	if (b->state != BACKEND_CONNECTING) {
+		pool_set_state(b, BACKEND_PROBING, req->sent_ms);
+		mark_dirty(b);
+	}
+}
+
 /* Hand the reply (or the failure) to the request, which leaves our queue. */
 static void
 complete_request(struct backend *b, struct request *req, size_t len,
@@ -140,6 +182,36 @@ complete_request(struct backend *b, struct request *req, size_t len,
 	req->done(req, b->in, len, drop, errmsg);
 }
 
+/* What a close says about the server's health: nothing, one failure, or
+ * that it is down now. */
+enum verdict { HEALTHY, FAILURE, FATAL };
+
+static enum verdict
+judge_close(const struct backend *b, enum close_reason why)
+{
+	switch (why) {
+	case CLOSE_CONNECT_FAILED:
+	case CLOSE_CONNECT_TIMEOUT:
+		return FATAL;
+	case CLOSE_SERVER_EOF:
+		/* Servers close idle connections (redis "timeout"): normal. */
+		return b->ninflight > 0 ? FAILURE : HEALTHY;
+	case CLOSE_SERVER_ERROR:
+	case CLOSE_UNEXPECTED_DATA:
+	case CLOSE_PROTOCOL_ERROR:
+	case CLOSE_REQUEST_TIMEOUT:
+	case CLOSE_PROBE_FAILED:
+		return FAILURE;
+	case CLOSE_EVICTED:
+	case CLOSE_IDLE_TIMEOUT:
+	case CLOSE_MAX_LIFETIME:
+	case CLOSE_SHUTDOWN:
+	case CLOSE_REASON_COUNT:
+		break;
+	}
+	return HEALTHY;
+}
+
 void
 backend_close(struct backend *b, enum close_reason why, const char *detail)
 {
@@ -150,6 +222,7 @@ backend_close(struct backend *b, enum close_reason why, const char *detail)
 	if (b->state == BACKEND_CLOSED)
 		return;
 	p->stats.closed[why]++;
+	enum verdict v = judge_close(b, why);
 	if (why == CLOSE_EVICTED || why == CLOSE_IDLE_TIMEOUT ||
 	    why == CLOSE_SHUTDOWN)
 		log_debug("backend %s#%llu: closed: %s", p->server->addr.text,
@@ -173,6 +246,8 @@ backend_close(struct backend *b, enum close_reason why, const char *detail)
 		p->stats.errors++;
 		complete_request(b, req, 0, false, msg);
 	}
+	if (v != HEALTHY && why != CLOSE_SHUTDOWN)
+		pool_record_failure(p, clock_ms(), v == FATAL, msg);
 	b->dead_next = p->queues->dead;
 	p->queues->dead = b;
 	event_active(p->queues->flush_ev, EV_TIMEOUT, 0);
@@ -181,25 +256,22 @@ backend_close(struct backend *b, enum close_reason why, const char *detail)
 static void
 finish_connect(struct backend *b)
 {
-	struct pool *p = b->pool;
 	int e = net_socket_error(b->fd);
 	uint64_t now = clock_ms();
 	struct request *req;
 
 	if (e != 0) {
-		log_failure(p, "cannot connect", strerror(e));
 		backend_close(b, CLOSE_CONNECT_FAILED, strerror(e));
 		return;
-	}
-	if (p->failing) {
-		p->failing = false;
-		log_notice("server %s: connected again", p->server->addr.text);
 	}
 	/* The request timeout runs from when a request is written. */
 	TAILQ_FOREACH(req, &b->inflight, backend_link)
 		req->sent_ms = now;
-	pool_set_state(b, b->ninflight > 0 ? BACKEND_ACTIVE : BACKEND_IDLE,
-	    now);
+	if (b->probe_queued)
+		pool_set_state(b, BACKEND_PROBING, now);
+	else
+		pool_set_state(b, b->ninflight > 0 ? BACKEND_ACTIVE :
+		    BACKEND_IDLE, now);
 }
 
 /* Write what is queued. Returns -1 when the connection had to close. */
@@ -292,10 +364,17 @@ parse_replies(struct backend *b)
 			evbuffer_drain(b->in, ri.len);
 			continue;
 		}
+		/* The reply still goes to the client that asked; new requests
+		 * fail fast until the server is better. */
+		if (ri.busy_error)
+			pool_record_failure(b->pool, clock_ms(), true,
+			    "server is busy (LOADING, MASTERDOWN or BUSY)");
+		else if (b->pool->failures > 0 || b->pool->down)
+			pool_record_success(b->pool, clock_ms());
 		complete_request(b, req, ri.len, ri.drop, NULL);
 	}
 	if (b->state == BACKEND_ACTIVE && b->ninflight == 0)
-		pool_set_state(b, BACKEND_IDLE, clock_ms());
+		pool_release(b, clock_ms());
 }
 
 static void

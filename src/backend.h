@@ -24,6 +24,7 @@ enum backend_state {
 	BACKEND_CONNECTING, /* connect() in progress; requests queue in out */
 	BACKEND_IDLE,       /* connected, nothing in flight: in the LRU list */
 	BACKEND_ACTIVE,     /* requests in flight */
+	BACKEND_PROBING,    /* a health probe in flight; no client may use it */
 	BACKEND_CLOSED,     /* in no list; freed at the end of the event */
 	BACKEND_STATE_COUNT
 };
@@ -36,6 +37,9 @@ struct backend {
 	uint64_t id;
 	uint64_t created_ms;
 	uint64_t since_ms;          /* when it entered its current state */
+	uint64_t used_ms;           /* when it last finished serving clients */
+	uint64_t probed_ms;         /* when a probe last succeeded on it */
+	uint64_t retire_ms;         /* max_lifetime, staggered; 0 = never */
 	struct event rev;           /* always armed: idle reads are watched too */
 	struct event wev;           /* armed only while out could not be written */
 	struct evbuffer *in;
@@ -46,6 +50,7 @@ struct backend {
 	struct backend *dead_next;  /* in the worker's to-free list */
 	bool dirty;
 	bool write_armed;
+	bool probe_queued;          /* a probe is in flight (or queued) */
 	/* the protocol's reply parser state; aligned for any struct */
 	_Alignas(max_align_t) unsigned char parser[];
 };
@@ -62,6 +67,7 @@ struct backend_queues {
 };
 
 struct backend *backend_open(struct pool *p, char *err, size_t errlen);
+void backend_probe(struct backend *b);
 void backend_send(struct backend *b, struct request *req,
     struct evbuffer *from, size_t len);
 void backend_close(struct backend *b, enum close_reason why,

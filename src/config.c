@@ -61,7 +61,7 @@ struct upstream_draft {
 	char			 pool_where[NAME_MAX_LEN + 32];
 	char			 limits_where[NAME_MAX_LEN + 32];
 	bool			 has_protocol, has_servers;
-	yaml_node_t		*size_node, *max_node;
+	yaml_node_t		*size_node, *max_node, *min_idle_node, *retry_node;
 };
 
 struct loader {
@@ -1166,10 +1166,53 @@ apply_pool_idle(struct scope *sc, const char *key, yaml_node_t *v)
 	get_duration(sc, key, v, 0, UINT64_MAX, "", &d->u->pool.idle_timeout_ms);
 }
 
+static void
+apply_pool_min_idle(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	int64_t			 n;
+
+	d->min_idle_node = v;
+	if (get_int(sc, key, v, 0, 10000, &n) == 0)
+		d->u->pool.min_idle = (unsigned)n;
+}
+
+static void
+apply_pool_lifetime(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+
+	get_duration(sc, key, v, 0, UINT64_MAX, "",
+	    &d->u->pool.max_lifetime_ms);
+}
+
+static void
+apply_pool_probe(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+
+	get_duration(sc, key, v, 0, UINT64_MAX, "",
+	    &d->u->pool.probe_interval_ms);
+}
+
+static void
+apply_pool_depth(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	int64_t			 n;
+
+	if (get_int(sc, key, v, 1, 100000, &n) == 0)
+		d->u->pool.pipeline_depth = (unsigned)n;
+}
+
 static const struct key_rule pool_rules[] = {
 	{ "size", apply_pool_size },
 	{ "max_connections", apply_pool_max },
 	{ "idle_timeout", apply_pool_idle },
+	{ "min_idle", apply_pool_min_idle },
+	{ "max_lifetime", apply_pool_lifetime },
+	{ "probe_interval", apply_pool_probe },
+	{ "pipeline_depth", apply_pool_depth },
 };
 
 static void
@@ -1197,6 +1240,36 @@ apply_request_timeout(struct scope *sc, const char *key, yaml_node_t *v)
 	struct upstream_draft	*d = sc->obj;
 
 	get_duration(sc, key, v, 0, UINT64_MAX, "", &d->u->request_timeout_ms);
+}
+
+static void
+apply_failure_limit(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	int64_t			 n;
+
+	if (get_int(sc, key, v, 1, 1000, &n) == 0)
+		d->u->failure_limit = (unsigned)n;
+}
+
+static void
+apply_retry_interval(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+
+	d->retry_node = v;
+	get_duration(sc, key, v, 1, MS_HOUR, "1ms..1h",
+	    &d->u->retry_interval_ms);
+}
+
+static void
+apply_retry_max(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+
+	d->retry_node = v;
+	get_duration(sc, key, v, 1, MS_HOUR, "1ms..1h",
+	    &d->u->retry_max_interval_ms);
 }
 
 static void
@@ -1261,6 +1334,9 @@ static const struct key_rule upstream_rules[] = {
 	{ "pool", apply_pool },
 	{ "connect_timeout", apply_connect_timeout },
 	{ "request_timeout", apply_request_timeout },
+	{ "failure_limit", apply_failure_limit },
+	{ "retry_interval", apply_retry_interval },
+	{ "retry_max_interval", apply_retry_max },
 	{ "limits", apply_limits },
 };
 
@@ -1302,6 +1378,15 @@ finish_upstream(struct loader *ld, struct upstream_draft *d)
 		    "max_connections %u%s (lower size or raise "
 		    "max_connections)", u->pool.size, u->pool.max_connections,
 		    d->where);
+	if (u->pool.min_idle > u->pool.size && d->min_idle_node)
+		err_at(ld, d->min_idle_node->start_mark, "min_idle %u is larger "
+		    "than the pool size %u%s (lower min_idle or raise size: "
+		    "idle connections beyond size are closed)",
+		    u->pool.min_idle, u->pool.size, d->where);
+	if (u->retry_interval_ms > u->retry_max_interval_ms && d->retry_node)
+		err_at(ld, d->retry_node->start_mark, "retry_interval is longer "
+		    "than retry_max_interval%s (make retry_max_interval at "
+		    "least retry_interval)", d->where);
 	resolve_limits(u);
 }
 
@@ -1334,9 +1419,14 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	u->name = ld_strdup(ld, node_text(k));
 	u->line = (int)k->start_mark.line + 1;
 	u->col = (int)k->start_mark.column + 1;
-	u->pool = (struct cfg_pool){ 8, 32, 60 * MS_SECOND };
+	u->pool = (struct cfg_pool){ .size = 8, .max_connections = 32,
+	    .idle_timeout_ms = 60 * MS_SECOND,
+	    .probe_interval_ms = 10 * MS_SECOND, .pipeline_depth = 32 };
 	u->connect_timeout_ms = MS_SECOND;
 	u->request_timeout_ms = 5 * MS_SECOND;
+	u->failure_limit = 3;
+	u->retry_interval_ms = 250;
+	u->retry_max_interval_ms = 10 * MS_SECOND;
 	snprintf(d->name, sizeof(d->name), "upstream '%.*s'", NAME_MAX_LEN,
 	    node_text(k));
 	snprintf(d->where, sizeof(d->where), " in %s", d->name);

@@ -34,6 +34,10 @@ struct cfg_pool {
 	unsigned size;            /* idle connections kept per worker per server */
 	unsigned max_connections; /* open connections per worker per server */
 	uint64_t idle_timeout_ms; /* close idle connections after this; 0 = never */
+	unsigned min_idle;        /* connections kept open and warm; 0 = none */
+	uint64_t max_lifetime_ms; /* retire connections this old; 0 = never */
+	uint64_t probe_interval_ms; /* probe connections idle this long; 0 = never */
+	unsigned pipeline_depth;  /* requests in flight before another connection */
 };
 
 /* Bounds on what a client may send. 0 in the file means "protocol default". */
@@ -59,6 +63,9 @@ struct cfg_upstream {
 	struct cfg_pool pool;
 	uint64_t connect_timeout_ms;
 	uint64_t request_timeout_ms; /* 0 = never */
+	unsigned failure_limit;      /* failures in a row that mark a server down */
+	uint64_t retry_interval_ms;  /* first retry of a down server */
+	uint64_t retry_max_interval_ms; /* backoff cap */
 	struct cfg_limits limits;
 	int line, col; /* where it was defined, for later diagnostics */
 };

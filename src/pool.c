@@ -1,7 +1,8 @@
 /*
  * pool.c - per worker per server: the lists of connections by state, the
- * one function that moves a connection between them, LRU eviction and the
- * timeouts that are scanned from the oldest end of each list.
+ * one function that moves a connection between them, LRU eviction, the
+ * janitor's work (timeouts, probes, warm connections, retirement) and the
+ * server's health as this worker sees it.
  */
 #include "pool.h"
 
@@ -21,6 +22,8 @@ const char *const close_reason_names[CLOSE_REASON_COUNT] = {
 	[CLOSE_CONNECT_FAILED] = "connect_failed",
 	[CLOSE_CONNECT_TIMEOUT] = "connect_timeout",
 	[CLOSE_REQUEST_TIMEOUT] = "request_timeout",
+	[CLOSE_PROBE_FAILED] = "probe_failed",
+	[CLOSE_MAX_LIFETIME] = "max_lifetime",
 	[CLOSE_SHUTDOWN] = "shutdown",
 };
 
@@ -28,6 +31,7 @@ static const char *const state_names[BACKEND_STATE_COUNT] = {
 	[BACKEND_CONNECTING] = "connecting",
 	[BACKEND_IDLE] = "idle",
 	[BACKEND_ACTIVE] = "active",
+	[BACKEND_PROBING] = "probing",
 	[BACKEND_CLOSED] = "closed",
 };
 
@@ -39,7 +43,8 @@ backend_state_name(enum backend_state s)
 
 void
 pool_init(struct pool *p, const struct cfg_upstream *up,
-    const struct cfg_server *server, const struct pool_ops *ops)
+    const struct cfg_server *server, const struct pool_ops *ops,
+    uint64_t seed)
 {
 	p->upstream = up;
 	p->server = server;
@@ -47,10 +52,21 @@ pool_init(struct pool *p, const struct cfg_upstream *up,
 	p->ops = ops;
 	p->size = up->pool.size;
 	p->max_connections = up->pool.max_connections;
-	p->pipeline_depth = POOL_PIPELINE_DEPTH;
+	p->min_idle = up->pool.min_idle;
+	p->pipeline_depth = up->pool.pipeline_depth > 0 ?
+	    up->pool.pipeline_depth : 32;
 	p->idle_timeout_ms = up->pool.idle_timeout_ms;
+	p->max_lifetime_ms = up->pool.max_lifetime_ms;
+	p->probe_interval_ms = up->pool.probe_interval_ms;
 	p->connect_timeout_ms = up->connect_timeout_ms;
 	p->request_timeout_ms = up->request_timeout_ms;
+	p->failure_limit = up->failure_limit > 0 ? up->failure_limit : 1;
+	p->retry_interval_ms = up->retry_interval_ms > 0 ?
+	    up->retry_interval_ms : 250;
+	p->retry_max_interval_ms = up->retry_max_interval_ms >
+	    p->retry_interval_ms ? up->retry_max_interval_ms :
+	    p->retry_interval_ms;
+	p->rng = seed | 1;
 	for (int s = 0; s < BACKEND_CLOSED; s++) {
 		TAILQ_INIT(&p->lists[s]);
 		p->count[s] = 0;
@@ -61,7 +77,18 @@ unsigned
 pool_total(const struct pool *p)
 {
 	return p->count[BACKEND_CONNECTING] + p->count[BACKEND_IDLE] +
-	    p->count[BACKEND_ACTIVE];
+	    p->count[BACKEND_ACTIVE] + p->count[BACKEND_PROBING];
+}
+
+/* A number in [base * 0.8, base * 1.2): timers spread so that many
+ * connections or workers never act in the same millisecond. */
+static uint64_t
+jitter(struct pool *p, uint64_t base)
+{
+	p->rng ^= p->rng << 13;
+	p->rng ^= p->rng >> 7;
+	p->rng ^= p->rng << 17;
+	return base * 8 / 10 + (base > 0 ? p->rng % (base * 4 / 10 + 1) : 0);
 }
 
 /* Idle connections beyond the pool size go, least recently used first. */
@@ -75,9 +102,25 @@ evict_idle(struct pool *p)
 	}
 }
 
+/* Keep the idle list ordered by last use, most recent first, also for a
+ * connection coming back from a probe (it was not used by a client). */
+static void
+insert_idle(struct pool *p, struct backend *b)
+{
+	struct backend *at;
+
+	TAILQ_FOREACH(at, &p->lists[BACKEND_IDLE], pool_link)
+		if (at->used_ms <= b->used_ms)
+			break;
+	if (at != NULL)
+		TAILQ_INSERT_BEFORE(at, b, pool_link);
+	else
+		TAILQ_INSERT_TAIL(&p->lists[BACKEND_IDLE], b, pool_link);
+}
+
 /*
- * The one place a connection changes state. Idle connections go to the
- * head of their list, so the tail is always the least recently used.
+ * The one place a connection changes state. Every state but closed is a
+ * list, so counts, timeouts and the stats fall out of list membership.
  */
 void
 pool_set_state(struct backend *b, enum backend_state s, uint64_t now)
@@ -97,13 +140,15 @@ pool_set_state(struct backend *b, enum backend_state s, uint64_t now)
 	    (unsigned long long)b->id, state_names[from], state_names[s]);
 	if (s == BACKEND_CLOSED)
 		return;
-	if (s == BACKEND_IDLE)
-		TAILQ_INSERT_HEAD(&p->lists[s], b, pool_link);
-	else
-		TAILQ_INSERT_TAIL(&p->lists[s], b, pool_link);
 	p->count[s]++;
-	if (s == BACKEND_IDLE)
-		evict_idle(p);
+	if (s != BACKEND_IDLE) {
+		TAILQ_INSERT_TAIL(&p->lists[s], b, pool_link);
+		return;
+	}
+	if (from != BACKEND_PROBING)
+		b->used_ms = now; /* a probe is not a use: keep the LRU order */
+	insert_idle(p, b);
+	evict_idle(p);
 }
 
 void
@@ -116,9 +161,23 @@ pool_add(struct pool *p, struct backend *b, enum backend_state s,
 	b->id = ++p->next_id;
 	b->created_ms = now;
 	b->since_ms = now;
+	b->used_ms = now;
+	b->probed_ms = now;
+	b->retire_ms = p->max_lifetime_ms > 0 ?
+	    now + p->max_lifetime_ms - jitter(p, p->max_lifetime_ms / 10) : 0;
 	TAILQ_INSERT_TAIL(&p->lists[s], b, pool_link);
 	p->count[s]++;
 	p->stats.opened++;
+}
+
+/* A busy connection has answered everything: back to idle, or retired. */
+void
+pool_release(struct backend *b, uint64_t now)
+{
+	if (b->retire_ms != 0 && now >= b->retire_ms)
+		b->pool->ops->close(b, CLOSE_MAX_LIFETIME, "max lifetime");
+	else
+		pool_set_state(b, BACKEND_IDLE, now);
 }
 
 /* Round robin among busy connections: take the head, move it to the tail. */
@@ -133,15 +192,22 @@ rotate(struct pool *p, enum backend_state s)
 }
 
 /*
- * A connection for one more multiplexed request. Prefer reuse over new
- * connections: a few deep pipelines cost the server far less per request
- * than many shallow ones, and that saving is the point of a sidecar.
+ * A connection for one more multiplexed request, or NULL with the reason
+ * in err. Prefer reuse over new connections: a few deep pipelines cost the
+ * server far less per request than many shallow ones, and that saving is
+ * the point of a sidecar.
  */
 struct backend *
 pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 {
 	struct backend *b;
 
+	if (p->down) {
+		p->stats.fast_failures++;
+		snprintf(err, errlen, "server %s down (%s)",
+		    p->server->addr.text, p->last_error);
+		return NULL;
+	}
 	if ((b = TAILQ_FIRST(&p->lists[BACKEND_IDLE])) != NULL) {
 		pool_set_state(b, BACKEND_ACTIVE, now);
 		return b;
@@ -154,35 +220,123 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 		return rotate(p, BACKEND_CONNECTING);
 	if (pool_total(p) < p->max_connections) {
 		b = p->ops->open(p, err, errlen);
-		if (b != NULL || pool_total(p) > 0)
+		if (b != NULL)
 			return b;
-		return NULL;
+		if (p->count[BACKEND_ACTIVE] + p->count[BACKEND_CONNECTING] == 0)
+			return NULL;
 	}
 	if (p->count[BACKEND_ACTIVE] > 0)
 		return rotate(p, BACKEND_ACTIVE);
-	return rotate(p, BACKEND_CONNECTING);
+	if (p->count[BACKEND_CONNECTING] > 0)
+		return rotate(p, BACKEND_CONNECTING);
+	snprintf(err, errlen, "no connection to %s available (all %u are "
+	    "being probed)", p->server->addr.text, pool_total(p));
+	return NULL;
+}
+
+static void
+mark_down(struct pool *p, uint64_t now)
+{
+	p->down = true;
+	p->down_since_ms = now;
+	p->backoff_ms = p->retry_interval_ms;
+	p->retry_at_ms = now + jitter(p, p->backoff_ms);
+	p->stats.marked_down++;
+	log_warn("server %s down: %s; new requests fail at once, retrying in "
+	    "the background", p->server->addr.text, p->last_error);
 }
 
 /*
- * Timeouts, scanned from the oldest end: idle connections past the idle
- * timeout, connects past the connect timeout, and busy connections whose
- * oldest request has waited past the request timeout (its order is lost,
- * so the whole connection goes and every request on it gets an error).
+ * A failure of the server as this worker saw it. fatal failures (it
+ * refused or ignored a connect, it says it cannot serve) mark it down at
+ * once; others (a timeout, a dropped connection) after failure_limit in a
+ * row. While down, each failed retry doubles the backoff, up to the cap.
  */
 void
-pool_expire(struct pool *p, uint64_t now)
+pool_record_failure(struct pool *p, uint64_t now, bool fatal, const char *why)
+{
+	snprintf(p->last_error, sizeof(p->last_error), "%s", why);
+	p->failures++;
+	if (p->down) {
+		p->backoff_ms = p->backoff_ms * 2 > p->retry_max_interval_ms ?
+		    p->retry_max_interval_ms : p->backoff_ms * 2;
+		p->retry_at_ms = now + jitter(p, p->backoff_ms);
+		log_debug("server %s still down: %s; next retry in %llu ms",
+		    p->server->addr.text, why,
+		    (unsigned long long)(p->retry_at_ms - now));
+		return;
+	}
+	if (fatal || p->failures >= p->failure_limit)
+		mark_down(p, now);
+}
+
+void
+pool_record_success(struct pool *p, uint64_t now)
+{
+	p->failures = 0;
+	if (!p->down)
+		return;
+	p->down = false;
+	log_notice("server %s up again after %llu ms", p->server->addr.text,
+	    (unsigned long long)(now - p->down_since_ms));
+}
+
+static void
+expire_idle(struct pool *p, uint64_t now)
 {
 	struct backend *b, *prev;
 
-	if (p->idle_timeout_ms > 0) {
-		while ((b = TAILQ_LAST(&p->lists[BACKEND_IDLE],
-		    backend_list)) != NULL &&
-		    now - b->since_ms >= p->idle_timeout_ms)
-			p->ops->close(b, CLOSE_IDLE_TIMEOUT, "idle timeout");
+	/* Oldest use last: scan from the tail, stop at the first recent one,
+	 * and keep min_idle connections whatever their age. */
+	for (b = TAILQ_LAST(&p->lists[BACKEND_IDLE], backend_list); b != NULL;
+	    b = prev) {
+		prev = TAILQ_PREV(b, backend_list, pool_link);
+		if (b->retire_ms != 0 && now >= b->retire_ms) {
+			p->ops->close(b, CLOSE_MAX_LIFETIME, "max lifetime");
+			continue;
+		}
+		if (p->idle_timeout_ms == 0 ||
+		    now - b->used_ms < p->idle_timeout_ms ||
+		    pool_total(p) <= p->min_idle)
+			continue;
+		p->ops->close(b, CLOSE_IDLE_TIMEOUT, "idle timeout");
 	}
+}
+
+/* Probe idle connections nobody has used or checked for probe_interval.
+ * Only idle ones: a probe never delays, or waits behind, a client. */
+static void
+probe_idle(struct pool *p, uint64_t now)
+{
+	struct backend *b, *prev;
+
+	if (p->probe_interval_ms == 0)
+		return;
+	for (b = TAILQ_LAST(&p->lists[BACKEND_IDLE], backend_list); b != NULL;
+	    b = prev) {
+		prev = TAILQ_PREV(b, backend_list, pool_link);
+		uint64_t last = b->used_ms > b->probed_ms ? b->used_ms :
+		    b->probed_ms;
+		if (now - last >= p->probe_interval_ms) {
+			p->stats.probes++;
+			p->ops->probe(b);
+		}
+	}
+}
+
+static void
+expire_busy(struct pool *p, uint64_t now)
+{
+	struct backend *b, *prev;
+
 	while ((b = TAILQ_FIRST(&p->lists[BACKEND_CONNECTING])) != NULL &&
 	    now - b->created_ms >= p->connect_timeout_ms)
 		p->ops->close(b, CLOSE_CONNECT_TIMEOUT, "connect timeout");
+	/* A probe gets as long as a connect: a server that is slow to answer
+	 * a PING is not one to hand clients to. */
+	while ((b = TAILQ_FIRST(&p->lists[BACKEND_PROBING])) != NULL &&
+	    now - b->since_ms >= p->connect_timeout_ms)
+		p->ops->close(b, CLOSE_PROBE_FAILED, "probe timeout");
 	if (p->request_timeout_ms == 0)
 		return;
 	for (b = TAILQ_LAST(&p->lists[BACKEND_ACTIVE], backend_list);
@@ -194,6 +348,47 @@ pool_expire(struct pool *p, uint64_t now)
 			p->ops->close(b, CLOSE_REQUEST_TIMEOUT,
 			    "request timeout");
 	}
+}
+
+/* Down: one connection at a time tries again; its probe decides. */
+static void
+retry_down(struct pool *p, uint64_t now)
+{
+	char err[160];
+
+	if (now < p->retry_at_ms || pool_total(p) > 0)
+		return;
+	struct backend *b = p->ops->open(p, err, sizeof(err));
+	if (b == NULL)
+		return; /* open recorded the failure: the backoff grew */
+	p->stats.probes++;
+	p->ops->probe(b);
+}
+
+/* Keep min_idle connections open, so the first clients after a start or
+ * a failure do not pay for the connect. */
+static void
+warm_up(struct pool *p)
+{
+	char err[160];
+
+	while (pool_total(p) < p->min_idle)
+		if (p->ops->open(p, err, sizeof(err)) == NULL)
+			return;
+}
+
+/* The janitor's round for one pool; called every tick of the worker. */
+void
+pool_tick(struct pool *p, uint64_t now)
+{
+	expire_busy(p, now);
+	expire_idle(p, now);
+	if (p->down) {
+		retry_down(p, now);
+		return;
+	}
+	probe_idle(p, now);
+	warm_up(p);
 }
 
 void

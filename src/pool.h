@@ -1,17 +1,26 @@
 /*
- * pool.h - the connections of one worker to one server address.
+ * pool.h - the connections of one worker to one server address, and what
+ * that worker believes about the server's health.
  *
  * The seeds' rules, per worker per server: idle connections are kept up to
  * the pool size, most recently used first; beyond it the least recently
- * used one is closed; idle ones past the idle timeout are closed. Open
+ * used one is closed; idle ones past the idle timeout are closed; idle ones
+ * are probed, so a dead one is found before a client needs it. Open
  * connections never exceed max_connections. Requests are multiplexed: a
  * request takes an idle connection, else joins a busy one that is not too
  * deep in its pipeline, else a new connection is opened, else it joins the
- * least recently picked busy one.
+ * next busy one.
+ *
+ * Health is per worker (nothing is shared between workers): a server that
+ * refuses connections, or fails failure_limit times in a row, is "down";
+ * requests then fail at once without touching the network, and the pool
+ * retries in the background with capped exponential backoff and jitter
+ * until a probe succeeds.
  */
 #ifndef SIDEPOOL_POOL_H
 #define SIDEPOOL_POOL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "backend.h"
@@ -21,10 +30,11 @@
 
 struct pool;
 
-/* How a pool opens and closes connections: backend.c for the daemon, a
- * fake in unit tests. open adds the new connection with pool_add(). */
+/* How a pool opens, probes and closes connections: backend.c for the
+ * daemon, a fake in unit tests. open adds the connection with pool_add(). */
 struct pool_ops {
 	struct backend *(*open)(struct pool *p, char *err, size_t errlen);
+	void (*probe)(struct backend *b);
 	void (*close)(struct backend *b, enum close_reason why,
 	    const char *detail);
 };
@@ -42,31 +52,46 @@ struct pool {
 	/* settings, copied so a reload can change them in place */
 	unsigned size;
 	unsigned max_connections;
+	unsigned min_idle;
 	unsigned pipeline_depth;
 	uint64_t idle_timeout_ms;
+	uint64_t max_lifetime_ms;
+	uint64_t probe_interval_ms;
 	uint64_t connect_timeout_ms;
 	uint64_t request_timeout_ms;
+	unsigned failure_limit;
+	uint64_t retry_interval_ms;
+	uint64_t retry_max_interval_ms;
 
 	struct backend_list lists[BACKEND_CLOSED];
 	unsigned count[BACKEND_CLOSED];
 	uint64_t next_id;
+	uint64_t rng;                    /* xorshift state for jitter */
 	struct pool_stats stats;
-	bool failing;                    /* logged the current failure episode */
+
+	/* health */
+	unsigned failures;               /* in a row */
+	bool down;
+	uint64_t down_since_ms;
+	uint64_t retry_at_ms;
+	uint64_t backoff_ms;
+	char last_error[160];
 };
 
-/* A connection that has this many requests in flight is "deep": the next
- * request prefers a new connection, if the pool may open one. */
-#define POOL_PIPELINE_DEPTH 32
-
 void pool_init(struct pool *p, const struct cfg_upstream *up,
-    const struct cfg_server *server, const struct pool_ops *ops);
+    const struct cfg_server *server, const struct pool_ops *ops,
+    uint64_t seed);
 struct backend *pool_acquire(struct pool *p, uint64_t now, char *err,
     size_t errlen);
 void pool_add(struct pool *p, struct backend *b, enum backend_state s,
     uint64_t now);
 void pool_set_state(struct backend *b, enum backend_state s, uint64_t now);
-void pool_expire(struct pool *p, uint64_t now);
+void pool_release(struct backend *b, uint64_t now);
+void pool_tick(struct pool *p, uint64_t now);
 void pool_close_all(struct pool *p, enum close_reason why);
+void pool_record_failure(struct pool *p, uint64_t now, bool fatal,
+    const char *why);
+void pool_record_success(struct pool *p, uint64_t now);
 unsigned pool_total(const struct pool *p);
 const char *backend_state_name(enum backend_state s);
 

@@ -82,6 +82,9 @@ struct proto {
 
 	/* Append a health probe request (PING, "mn") whose reply the proxy reads. */
 	void (*probe)(struct evbuffer *out);
+	/* Is the reply (len bytes at the head of in) the healthy answer to the
+	 * probe? NULL: any well-formed reply is. */
+	bool (*probe_ok)(struct evbuffer *in, size_t len);
 
 	/* Fill in limits left at 0 in the config with this protocol's defaults. */
 	void (*default_limits)(struct cfg_limits *lim);

@@ -373,6 +373,15 @@ probe(struct evbuffer *out)
 	evbuffer_add(out, "*1\r\n$4\r\nPING\r\n", 14);
 }
 
+/* +PONG; an error (LOADING, NOAUTH...) means the server cannot serve. */
+static bool
+probe_ok(struct evbuffer *in, size_t len)
+{
+	char first;
+
+	return evbuffer_copyout(in, &first, 1) == 1 && first == '+';
+}
+
 static void
 default_limits(struct cfg_limits *lim)
 {
@@ -400,5 +409,6 @@ const struct proto redis_proto = {
 	.parse_reply = parse_reply,
 	.error_reply = error_reply,
 	.probe = probe,
+	.probe_ok = probe_ok,
 	.default_limits = default_limits,
 };

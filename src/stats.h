@@ -20,6 +20,8 @@ enum close_reason {
 	CLOSE_CONNECT_FAILED,
 	CLOSE_CONNECT_TIMEOUT,
 	CLOSE_REQUEST_TIMEOUT,
+	CLOSE_PROBE_FAILED,   /* an idle probe got no answer, or a wrong one */
+	CLOSE_MAX_LIFETIME,   /* retired after pool.max_lifetime */
 	CLOSE_SHUTDOWN,
 	CLOSE_REASON_COUNT
 };
@@ -30,7 +32,10 @@ struct pool_stats {
 	uint64_t opened;
 	uint64_t closed[CLOSE_REASON_COUNT];
 	uint64_t requests;
-	uint64_t errors;
+	uint64_t errors;        /* requests answered with a proxy error */
+	uint64_t probes;
+	uint64_t marked_down;   /* times the server was marked down */
+	uint64_t fast_failures; /* requests refused at once: server down */
 };
 
 struct worker_stats {

@@ -28,6 +28,7 @@
 
 static const struct pool_ops daemon_pool_ops = {
 	.open = backend_open,
+	.probe = backend_probe,
 	.close = backend_close,
 };
 
@@ -119,7 +120,7 @@ on_janitor(evutil_socket_t fd, short what, void *arg)
 
 	for (size_t r = 0; r < w->nroutes; r++)
 		for (size_t i = 0; i < w->routes[r].npools; i++)
-			pool_expire(&w->routes[r].pools[i], now);
+			pool_tick(&w->routes[r].pools[i], now);
 	if (w->min_client_timeout_ms > 0)
 		client_expire_idle(&w->env, now, w->min_client_timeout_ms);
 }
@@ -259,7 +260,8 @@ init_routes(struct worker *w, char *err, size_t errlen)
 			goto oom;
 		for (size_t i = 0; i < up->nservers; i++) {
 			struct pool *p = &route->pools[i];
-			pool_init(p, up, &up->servers[i], &daemon_pool_ops);
+			pool_init(p, up, &up->servers[i], &daemon_pool_ops,
+			    clock_ms() * 2654435761u + w->id * 40503u + i);
 			p->worker_id = w->id;
 			p->base = w->base;
 			p->requests = &w->env.requests;
@@ -348,6 +350,7 @@ run_worker(void *arg)
 		event_add(&w->listeners[i].accept_ev, NULL);
 	event_add(w->janitor, &tick);
 	event_add(w->mailbox, NULL);
+	on_janitor(-1, 0, w); /* min_idle connections open now, not in 100 ms */
 	log_debug("started");
 	event_base_dispatch(w->base);
 	log_debug("stopped");

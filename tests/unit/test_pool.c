@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pool.h"
 
@@ -20,8 +21,10 @@ static bool open_fails;
 static struct backend *
 fake_open(struct pool *p, char *err, size_t errlen)
 {
-	if (open_fails)
+	if (open_fails) {
+		pool_record_failure(p, fake_now, true, "refused");
 		return NULL;
+	}
 	struct backend *b = calloc(1, sizeof(*b));
 	TAILQ_INIT(&b->inflight);
 	fakes[nfakes++] = b;
@@ -38,7 +41,17 @@ fake_close(struct backend *b, enum close_reason why, const char *detail)
 	pool_set_state(b, BACKEND_CLOSED, fake_now);
 }
 
-static const struct pool_ops fake_ops = { fake_open, fake_close };
+static int nprobes;
+
+static void
+fake_probe(struct backend *b)
+{
+	nprobes++;
+	if (b->state != BACKEND_CONNECTING)
+		pool_set_state(b, BACKEND_PROBING, fake_now);
+}
+
+static const struct pool_ops fake_ops = { fake_open, fake_probe, fake_close };
 static struct cfg_upstream up;
 static struct cfg_server server;
 static struct pool pool;
@@ -48,6 +61,7 @@ setup(void)
 {
 	nfakes = 0;
 	nclosed = 0;
+	nprobes = 0;
 	fake_now = 1000;
 	open_fails = false;
 	up = (struct cfg_upstream){ .name = "u", .protocol = PROTO_REDIS };
@@ -56,8 +70,11 @@ setup(void)
 	up.pool.idle_timeout_ms = 1000;
 	up.connect_timeout_ms = 500;
 	up.request_timeout_ms = 200;
+	up.failure_limit = 3;
+	up.retry_interval_ms = 100;
+	up.retry_max_interval_ms = 1000;
 	snprintf(server.addr.text, sizeof(server.addr.text), "127.0.0.1:1");
-	pool_init(&pool, &up, &server, &fake_ops);
+	pool_init(&pool, &up, &server, &fake_ops, 42);
 }
 
 static void
@@ -127,9 +144,9 @@ END_TEST
 START_TEST(test_idle_timeout_closes_only_expired_connections_oldest_first)
 {
 	make_idle(2); /* idle since 1001 and 1002 */
-	pool_expire(&pool, 1001 + 999);
+	pool_tick(&pool, 1001 + 999);
 	ck_assert_int_eq(nclosed, 0);
-	pool_expire(&pool, 1001 + 1000);
+	pool_tick(&pool, 1001 + 1000);
 	ck_assert_int_eq(nclosed, 1);
 	ck_assert_int_eq(last_reason, CLOSE_IDLE_TIMEOUT);
 	ck_assert_int_eq(fakes[0]->state, BACKEND_CLOSED);
@@ -141,7 +158,7 @@ START_TEST(test_idle_timeout_zero_means_never)
 {
 	pool.idle_timeout_ms = 0;
 	make_idle(2);
-	pool_expire(&pool, fake_now + 86400000ULL);
+	pool_tick(&pool, fake_now + 86400000ULL);
 	ck_assert_int_eq(nclosed, 0);
 }
 END_TEST
@@ -202,9 +219,9 @@ END_TEST
 START_TEST(test_connect_timeout_closes_connecting_connection)
 {
 	pool_acquire(&pool, fake_now, NULL, 0);
-	pool_expire(&pool, fake_now + 499);
+	pool_tick(&pool, fake_now + 499);
 	ck_assert_int_eq(nclosed, 0);
-	pool_expire(&pool, fake_now + 500);
+	pool_tick(&pool, fake_now + 500);
 	ck_assert_int_eq(nclosed, 1);
 	ck_assert_int_eq(last_reason, CLOSE_CONNECT_TIMEOUT);
 }
@@ -217,9 +234,9 @@ START_TEST(test_request_timeout_closes_connection_with_old_request)
 	pool_set_state(b, BACKEND_ACTIVE, fake_now);
 	TAILQ_INSERT_TAIL(&b->inflight, &old, backend_link);
 	b->ninflight = 1;
-	pool_expire(&pool, fake_now + 199);
+	pool_tick(&pool, fake_now + 199);
 	ck_assert_int_eq(nclosed, 0);
-	pool_expire(&pool, fake_now + 200);
+	pool_tick(&pool, fake_now + 200);
 	ck_assert_int_eq(nclosed, 1);
 	ck_assert_int_eq(last_reason, CLOSE_REQUEST_TIMEOUT);
 }
@@ -235,6 +252,135 @@ START_TEST(test_close_all_empties_every_list)
 	pool_close_all(&pool, CLOSE_SHUTDOWN);
 	ck_assert_uint_eq(pool_total(&pool), 0);
 	ck_assert_int_eq(last_reason, CLOSE_SHUTDOWN);
+}
+END_TEST
+
+START_TEST(test_refused_connect_marks_server_down_and_fails_fast)
+{
+	char err[160] = "";
+
+	open_fails = true;
+	ck_assert_ptr_null(pool_acquire(&pool, fake_now, err, sizeof(err)));
+	ck_assert(pool.down);
+	ck_assert_uint_eq(pool.stats.marked_down, 1);
+	/* while down, no connect is even tried */
+	open_fails = false;
+	ck_assert_ptr_null(pool_acquire(&pool, fake_now, err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "down"));
+	ck_assert_int_eq(nfakes, 0);
+	ck_assert_uint_eq(pool.stats.fast_failures, 1);
+}
+END_TEST
+
+START_TEST(test_failures_below_limit_keep_server_up)
+{
+	pool_record_failure(&pool, fake_now, false, "timeout");
+	pool_record_failure(&pool, fake_now, false, "timeout");
+	ck_assert(!pool.down);
+	pool_record_success(&pool, fake_now);
+	pool_record_failure(&pool, fake_now, false, "timeout");
+	pool_record_failure(&pool, fake_now, false, "timeout");
+	ck_assert(!pool.down);
+	pool_record_failure(&pool, fake_now, false, "timeout");
+	ck_assert(pool.down);
+}
+END_TEST
+
+START_TEST(test_down_server_is_retried_with_capped_exponential_backoff)
+{
+	uint64_t prev = 0;
+
+	open_fails = true;
+	pool_record_failure(&pool, fake_now, true, "refused");
+	for (int i = 0; i < 8; i++) {
+		uint64_t wait = pool.retry_at_ms - fake_now;
+		/* jitter is within 20% of the backoff, which doubles to 1s */
+		ck_assert_uint_ge(wait, pool.backoff_ms * 8 / 10);
+		ck_assert_uint_le(wait, pool.backoff_ms * 12 / 10);
+		ck_assert_uint_le(pool.backoff_ms, 1000);
+		ck_assert_uint_ge(pool.backoff_ms, prev);
+		prev = pool.backoff_ms;
+		pool_tick(&pool, pool.retry_at_ms - 1);
+		ck_assert_uint_eq(pool.retry_at_ms - fake_now, wait);
+		fake_now = pool.retry_at_ms;
+		pool_tick(&pool, fake_now); /* the retry: refused again */
+	}
+	ck_assert_uint_eq(pool.backoff_ms, 1000);
+	ck_assert(pool.down);
+}
+END_TEST
+
+START_TEST(test_successful_retry_probe_brings_server_back)
+{
+	open_fails = true;
+	pool_record_failure(&pool, fake_now, true, "refused");
+	open_fails = false;
+	fake_now = pool.retry_at_ms;
+	pool_tick(&pool, fake_now);
+	ck_assert_int_eq(nfakes, 1);   /* one connection tries */
+	ck_assert_int_eq(nprobes, 1);  /* and carries a probe */
+	pool_tick(&pool, fake_now);
+	ck_assert_int_eq(nfakes, 1);   /* never a second one meanwhile */
+	pool_record_success(&pool, fake_now);
+	ck_assert(!pool.down);
+	ck_assert_uint_eq(pool.failures, 0);
+}
+END_TEST
+
+START_TEST(test_idle_connection_is_probed_after_probe_interval)
+{
+	pool.probe_interval_ms = 300;
+	make_idle(1);
+	pool_tick(&pool, fakes[0]->used_ms + 299);
+	ck_assert_int_eq(nprobes, 0);
+	pool_tick(&pool, fakes[0]->used_ms + 300);
+	ck_assert_int_eq(nprobes, 1);
+	ck_assert_int_eq(fakes[0]->state, BACKEND_PROBING);
+	/* a probing connection is never handed to a client */
+	struct backend *b = pool_acquire(&pool, fake_now, NULL, 0);
+	ck_assert_ptr_ne(b, fakes[0]);
+}
+END_TEST
+
+START_TEST(test_unanswered_probe_closes_connection)
+{
+	pool.probe_interval_ms = 300;
+	make_idle(1);
+	uint64_t t = fakes[0]->used_ms + 300;
+	pool_tick(&pool, t);
+	pool_tick(&pool, t + up.connect_timeout_ms);
+	ck_assert_int_eq(fakes[0]->state, BACKEND_CLOSED);
+	ck_assert_int_eq(last_reason, CLOSE_PROBE_FAILED);
+}
+END_TEST
+
+START_TEST(test_min_idle_connections_are_opened_and_kept)
+{
+	pool.min_idle = 2;
+	pool_tick(&pool, fake_now);
+	ck_assert_uint_eq(pool_total(&pool), 2);
+	for (int i = 0; i < nfakes; i++)
+		pool_set_state(fakes[i], BACKEND_IDLE, fake_now);
+	/* idle timeout does not take the pool below min_idle */
+	pool_tick(&pool, fake_now + 10 * up.pool.idle_timeout_ms);
+	ck_assert_uint_eq(pool_total(&pool), 2);
+}
+END_TEST
+
+START_TEST(test_connections_retire_after_max_lifetime_staggered)
+{
+	pool.max_lifetime_ms = 10000;
+	make_idle(2);
+	for (int i = 0; i < 2; i++) {
+		uint64_t life = fakes[i]->retire_ms - fakes[i]->created_ms;
+		ck_assert_uint_le(life, 10000);
+		ck_assert_uint_ge(life, 10000 - 1200);
+	}
+	/* a busy connection past its lifetime is retired when released */
+	struct backend *b = pool_acquire(&pool, fake_now, NULL, 0);
+	pool_release(b, b->retire_ms);
+	ck_assert_int_eq(b->state, BACKEND_CLOSED);
+	ck_assert_int_eq(last_reason, CLOSE_MAX_LIFETIME);
 }
 END_TEST
 
@@ -258,6 +404,14 @@ pool_suite(void)
 	tcase_add_test(tc, test_connect_timeout_closes_connecting_connection);
 	tcase_add_test(tc, test_request_timeout_closes_connection_with_old_request);
 	tcase_add_test(tc, test_close_all_empties_every_list);
+	tcase_add_test(tc, test_refused_connect_marks_server_down_and_fails_fast);
+	tcase_add_test(tc, test_failures_below_limit_keep_server_up);
+	tcase_add_test(tc, test_down_server_is_retried_with_capped_exponential_backoff);
+	tcase_add_test(tc, test_successful_retry_probe_brings_server_back);
+	tcase_add_test(tc, test_idle_connection_is_probed_after_probe_interval);
+	tcase_add_test(tc, test_unanswered_probe_closes_connection);
+	tcase_add_test(tc, test_min_idle_connections_are_opened_and_kept);
+	tcase_add_test(tc, test_connections_retire_after_max_lifetime_staggered);
 	suite_add_tcase(s, tc);
 	return s;
 }

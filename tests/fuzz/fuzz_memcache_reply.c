@@ -1,0 +1,211 @@
+/*
+ * fuzz_memcache_reply.c - libFuzzer harness for the Memcached reply side:
+ * memcache_proto.parse_reply driven through an evbuffer the way backend.c's
+ * parse_replies drives it, and mc_reply_classify.
+ *
+ * Input: byte 0 picks how the stream is cut into reads; bytes 1..4 are the
+ * pflags of the requests in flight, used in turn (shape in the low bits,
+ * noreply/quiet drops above); the rest is what a server sends. The stream
+ * is run twice, in one read and in many, and the replies framed (length,
+ * drop) and the error, if any, must be the same. A broken invariant is a
+ * __builtin_trap().
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "memcache.h"
+#include "proto.h"
+
+#define CHECK(cond) do { if (!(cond)) __builtin_trap(); } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const struct proto *P = &memcache_proto;
+
+#define NPFLAGS 4
+
+/* ---- chunking (as in fuzz_resp_request.c) ---- */
+
+struct chunker {
+	unsigned mode;
+	uint32_t x;
+	unsigned empty;
+};
+
+static void
+chunker_init(struct chunker *c, uint8_t seed)
+{
+	c->mode = seed & 3;
+	c->x = ((uint32_t)seed << 16) ^ 0x9e3779b9u;
+	c->empty = 0;
+}
+
+static size_t
+chunker_next(struct chunker *c, size_t left)
+{
+	size_t n;
+
+	c->x ^= c->x << 13;
+	c->x ^= c->x >> 17;
+	c->x ^= c->x << 5;
+	switch (c->mode) {
+	case 0:
+		return left;
+	case 1:
+		n = 1;
+		break;
+	case 2:
+		n = c->x % 8;
+		if (n == 0 && ++c->empty > 64)
+			n = 1;
+		break;
+	default:
+		n = 1 + c->x % 512;
+		break;
+	}
+	return n < left ? n : left;
+}
+
+/* ---- the driver: backend.c's parse_replies without the socket ---- */
+
+struct run {
+	const uint32_t *pflags;
+	unsigned next;        /* index of the request being answered */
+	void *state;
+	struct evbuffer *in;
+	struct evbuffer *log; /* transcript */
+	bool closed;
+};
+
+/* One reply of rep[0..len) for a request with these pflags. */
+static void
+check_reply(const char *rep, size_t len, uint32_t pflags, bool drop)
+{
+	CHECK(len >= 1 && rep[len - 1] == '\n');
+	if (pflags & MC_PF_NOREPLY)
+		CHECK(drop);
+	if ((pflags & (MC_PF_NOREPLY | MC_PF_DROP_EN | MC_PF_DROP_HD |
+	    MC_PF_DROP_VA)) == 0)
+		CHECK(!drop);
+	/* a one-line reply is one line */
+	if ((pflags & MC_PF_SHAPE_MASK) == MC_SHAPE_LINE)
+		CHECK(memchr(rep, '\n', len - 1) == NULL);
+}
+
+static void
+drive(struct run *r)
+{
+	while (!r->closed && evbuffer_get_length(r->in) > 0) {
+		uint32_t pf = r->pflags[r->next % NPFLAGS];
+		struct replyinfo ri;
+		enum reply_verdict v;
+
+		memset(&ri, 0, sizeof(ri));
+		v = P->parse_reply(r->state, r->in, pf, &ri);
+		switch (v) {
+		case RV_NEED_MORE:
+			return;
+		case RV_ERROR:
+			CHECK(ri.err != NULL && ri.err[0] != '\0');
+			evbuffer_add_printf(r->log, "E:%s|", ri.err);
+			r->closed = true;
+			return;
+		case RV_REPLY: {
+			const char *rep;
+
+			CHECK(ri.len > 0 && ri.len <= evbuffer_get_length(r->in));
+			CHECK(!ri.push && !ri.busy_error);
+			rep = (const char *)evbuffer_pullup(r->in,
+			    (ev_ssize_t)ri.len);
+			check_reply(rep, ri.len, pf, ri.drop);
+			evbuffer_add_printf(r->log, "R%zu%s|", ri.len,
+			    ri.drop ? "d" : "");
+			evbuffer_drain(r->in, ri.len);
+			r->next++;
+			break;
+		}
+		default:
+			CHECK(0);
+		}
+	}
+}
+
+static struct evbuffer *
+run(const uint32_t *pflags, const char *s, size_t len, uint8_t seed)
+{
+	struct run r = { .pflags = pflags };
+	struct chunker ch;
+	size_t pos = 0;
+
+	r.state = calloc(1, P->reply_state_size);
+	r.in = evbuffer_new();
+	r.log = evbuffer_new();
+	CHECK(r.state && r.in && r.log);
+	P->reply_init(r.state);
+	chunker_init(&ch, seed);
+	while (pos < len && !r.closed) {
+		size_t n = chunker_next(&ch, len - pos);
+
+		evbuffer_add(r.in, s + pos, n);
+		pos += n;
+		drive(&r);
+	}
+	if (!r.closed)
+		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
+	evbuffer_free(r.in);
+	free(r.state);
+	return r.log;
+}
+
+static void
+check_classify(const char *s, size_t len)
+{
+	size_t start = 0;
+
+	while (start < len) {
+		const char *nl = memchr(s + start, '\n', len - start);
+		size_t end = nl != NULL ? (size_t)(nl - s) : len;
+		struct mc_reply_line rl;
+
+		mc_reply_classify(s + start, end - start, &rl);
+		CHECK(rl.code >= MC_R_OTHER && rl.code <= MC_R_ERROR);
+		CHECK(!rl.has_len || rl.code == MC_R_VALUE ||
+		    rl.code == MC_R_VA);
+		start = end + 1;
+	}
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	uint32_t pflags[NPFLAGS];
+	struct evbuffer *whole, *chunked;
+	const char *s;
+	size_t len, n, i;
+
+	if (size < 1 + NPFLAGS)
+		return 0;
+	/* the four shapes that exist (0..3), with any of the drop bits */
+	for (i = 0; i < NPFLAGS; i++)
+		pflags[i] = data[1 + i] & 0xf3u;
+	s = (const char *)data + 1 + NPFLAGS;
+	len = size - 1 - NPFLAGS;
+
+	whole = run(pflags, s, len, 0);
+	chunked = run(pflags, s, len, data[0]);
+	n = evbuffer_get_length(whole);
+	CHECK(n == evbuffer_get_length(chunked));
+	CHECK(memcmp(evbuffer_pullup(whole, -1), evbuffer_pullup(chunked, -1),
+	    n) == 0);
+	evbuffer_free(whole);
+	evbuffer_free(chunked);
+
+	check_classify(s, len);
+	return 0;
+}

@@ -1,0 +1,356 @@
+/*
+ * fuzz_redis_proto.c - libFuzzer harness for the Redis protocol table
+ * (redis.c): parse_request driven through an evbuffer the way client.c's
+ * process_input drives it (inline commands rewritten to multibulk, PING,
+ * ECHO and QUIT answered here, stateful and refused commands answered with
+ * errors), parse_reply driven the way backend.c's parse_replies drives it,
+ * and error_reply.
+ *
+ * Input: byte 0 picks how the stream is cut into reads, bytes 1 and 2 pick
+ * the limits (the protocol's defaults, or small ones); the rest is used
+ * both as what a client sends and as what a server sends. Each is run
+ * twice, in one read and in many, and the transcripts must be the same.
+ * What is forwarded must be exactly one multibulk request with at least
+ * one argument (the server answers it exactly once); what is answered here
+ * must be exactly one RESP reply. A broken invariant is a
+ * __builtin_trap().
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "proto.h"
+#include "resp.h"
+
+#define CHECK(cond) do { if (!(cond)) __builtin_trap(); } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const struct proto *P = &redis_proto;
+
+/* ---- chunking (as in fuzz_resp_request.c) ---- */
+
+struct chunker {
+	unsigned mode;
+	uint32_t x;
+	unsigned empty;
+};
+
+static void
+chunker_init(struct chunker *c, uint8_t seed)
+{
+	c->mode = seed & 3;
+	c->x = ((uint32_t)seed << 16) ^ 0x9e3779b9u;
+	c->empty = 0;
+}
+
+static size_t
+chunker_next(struct chunker *c, size_t left)
+{
+	size_t n;
+
+	c->x ^= c->x << 13;
+	c->x ^= c->x >> 17;
+	c->x ^= c->x << 5;
+	switch (c->mode) {
+	case 0:
+		return left;
+	case 1:
+		n = 1;
+		break;
+	case 2:
+		n = c->x % 8;
+		if (n == 0 && ++c->empty > 64)
+			n = 1;
+		break;
+	default:
+		n = 1 + c->x % 512;
+		break;
+	}
+	return n < left ? n : left;
+}
+
+static void
+pick_limits(uint8_t a, uint8_t b, struct cfg_limits *lim)
+{
+	memset(lim, 0, sizeof(*lim));
+	if (a & 1) {
+		/* any value >= 1 is a valid configuration */
+		lim->max_line_length = 1 + (uint64_t)(b & 0x3f) * 2;
+		lim->max_value_size = 1 + (uint64_t)((a >> 1) & 0x1f);
+		lim->max_args = 1 + (uint64_t)((a >> 6) & 3);
+		lim->max_request_size = 16 + (uint64_t)(b >> 6) * 32;
+	}
+	P->default_limits(lim);
+}
+
+/* b holds exactly one whole RESP reply; returns its type byte. */
+static char
+one_reply(struct evbuffer *b)
+{
+	size_t n = evbuffer_get_length(b), used;
+	const char *s = (const char *)evbuffer_pullup(b, -1);
+	struct resp_reply_parser p;
+
+	resp_reply_init(&p);
+	CHECK(n > 0 && resp_reply_feed(&p, s, n, &used) == RESP_OK);
+	CHECK(used == n);
+	return p.type;
+}
+
+/* ---- requests: client.c's process_input without the sockets ---- */
+
+struct req_run {
+	const struct cfg_limits *lim;
+	void *state;
+	struct evbuffer *in;
+	struct evbuffer *scratch; /* client.c reuses one for every reply */
+	struct evbuffer *log;
+	bool closed;
+};
+
+/* What goes to the server: one multibulk request, at least one argument. */
+static void
+check_forwarded(const struct cfg_limits *lim, struct evbuffer *fwd)
+{
+	size_t n = evbuffer_get_length(fwd), used;
+	const char *s = (const char *)evbuffer_pullup(fwd, -1);
+	struct resp_limits rl = {
+		.max_bulk_len = lim->max_value_size,
+		.max_multibulk_len = lim->max_args,
+		.max_inline_len = lim->max_line_length,
+	};
+	struct resp_req_parser p;
+
+	resp_req_init(&p);
+	CHECK(resp_req_feed(&p, &rl, s, n, &used) == RESP_OK);
+	CHECK(used == n && p.argc >= 1);
+}
+
+static void
+log_reply(struct req_run *r, const char *tag)
+{
+	evbuffer_add_printf(r->log, "%s%zu:", tag,
+	    evbuffer_get_length(r->scratch));
+	evbuffer_add_buffer(r->log, r->scratch);
+	evbuffer_add(r->log, "|", 1);
+}
+
+static void
+req_drive(struct req_run *r)
+{
+	while (!r->closed && evbuffer_get_length(r->in) > 0) {
+		struct reqinfo ri = { .reply = r->scratch };
+		enum proto_verdict v;
+
+		CHECK(evbuffer_get_length(r->scratch) == 0);
+		v = P->parse_request(r->state, r->in, r->lim, &ri);
+		switch (v) {
+		case PV_NEED_MORE:
+			CHECK(evbuffer_get_length(r->scratch) == 0);
+			/* client.c's bound on a request still incomplete */
+			if (evbuffer_get_length(r->in) >
+			    r->lim->max_request_size) {
+				evbuffer_add_printf(r->log, "T|");
+				r->closed = true;
+			}
+			return;
+		case PV_FORWARD: {
+			struct evbuffer *fwd = evbuffer_new();
+
+			CHECK(fwd != NULL);
+			CHECK(evbuffer_get_length(r->scratch) == 0);
+			CHECK(ri.len > 0 && ri.len <= evbuffer_get_length(r->in));
+			CHECK(evbuffer_remove_buffer(r->in, fwd, ri.len) ==
+			    (int)ri.len);
+			check_forwarded(r->lim, fwd);
+			evbuffer_add_printf(r->log, "F%zu:", ri.len);
+			evbuffer_add_buffer(r->log, fwd);
+			evbuffer_add(r->log, "|", 1);
+			evbuffer_free(fwd);
+			break;
+		}
+		case PV_LOCAL:
+			CHECK(ri.len > 0 && ri.len <= evbuffer_get_length(r->in));
+			(void)one_reply(r->scratch);
+			evbuffer_drain(r->in, ri.len);
+			log_reply(r, "L");
+			break;
+		case PV_SKIP:
+			CHECK(evbuffer_get_length(r->scratch) == 0);
+			CHECK(ri.len > 0 && ri.len <= evbuffer_get_length(r->in));
+			evbuffer_drain(r->in, ri.len);
+			evbuffer_add_printf(r->log, "S%zu|", ri.len);
+			break;
+		case PV_LOCAL_CLOSE:
+			if (evbuffer_get_length(r->scratch) > 0)
+				(void)one_reply(r->scratch);
+			log_reply(r, "Q");
+			r->closed = true;
+			break;
+		case PV_ERROR_CLOSE:
+			CHECK(one_reply(r->scratch) == '-');
+			log_reply(r, "X");
+			r->closed = true;
+			break;
+		default:
+			CHECK(0);
+		}
+	}
+}
+
+static struct evbuffer *
+req_run(const struct cfg_limits *lim, const char *s, size_t len,
+    uint8_t seed)
+{
+	struct req_run r = { .lim = lim };
+	struct chunker ch;
+	size_t pos = 0;
+
+	r.state = calloc(1, P->req_state_size);
+	r.in = evbuffer_new();
+	r.scratch = evbuffer_new();
+	r.log = evbuffer_new();
+	CHECK(r.state && r.in && r.scratch && r.log);
+	P->req_init(r.state);
+	chunker_init(&ch, seed);
+	while (pos < len && !r.closed) {
+		size_t n = chunker_next(&ch, len - pos);
+
+		evbuffer_add(r.in, s + pos, n);
+		pos += n;
+		req_drive(&r);
+	}
+	if (!r.closed)
+		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
+	evbuffer_free(r.in);
+	evbuffer_free(r.scratch);
+	free(r.state);
+	return r.log;
+}
+
+/* ---- replies: backend.c's parse_replies without the socket ---- */
+
+struct reply_run {
+	void *state;
+	struct evbuffer *in;
+	struct evbuffer *log;
+	bool closed;
+};
+
+static void
+reply_drive(struct reply_run *r)
+{
+	while (!r->closed && evbuffer_get_length(r->in) > 0) {
+		struct replyinfo ri = { 0 };
+		enum reply_verdict v;
+		const char *rep;
+		struct resp_reply_parser p;
+		size_t used;
+
+		v = P->parse_reply(r->state, r->in, 0, &ri);
+		switch (v) {
+		case RV_NEED_MORE:
+			return;
+		case RV_ERROR:
+			CHECK(ri.err != NULL && ri.err[0] != '\0');
+			evbuffer_add_printf(r->log, "E:%s|", ri.err);
+			r->closed = true;
+			return;
+		case RV_REPLY:
+			CHECK(ri.len > 0 && ri.len <= evbuffer_get_length(r->in));
+			rep = (const char *)evbuffer_pullup(r->in,
+			    (ev_ssize_t)ri.len);
+			resp_reply_init(&p);
+			CHECK(resp_reply_feed(&p, rep, ri.len, &used) ==
+			    RESP_OK && used == ri.len);
+			CHECK(ri.push == p.push && !ri.drop);
+			CHECK(!ri.busy_error || p.type == '-');
+			evbuffer_add_printf(r->log, "R%zu%s%s|", ri.len,
+			    ri.push ? "p" : "", ri.busy_error ? "b" : "");
+			evbuffer_drain(r->in, ri.len);
+			break;
+		default:
+			CHECK(0);
+		}
+	}
+}
+
+static struct evbuffer *
+reply_run(const char *s, size_t len, uint8_t seed)
+{
+	struct reply_run r = { 0 };
+	struct chunker ch;
+	size_t pos = 0;
+
+	r.state = calloc(1, P->reply_state_size);
+	r.in = evbuffer_new();
+	r.log = evbuffer_new();
+	CHECK(r.state && r.in && r.log);
+	P->reply_init(r.state);
+	chunker_init(&ch, seed);
+	while (pos < len && !r.closed) {
+		size_t n = chunker_next(&ch, len - pos);
+
+		evbuffer_add(r.in, s + pos, n);
+		pos += n;
+		reply_drive(&r);
+	}
+	if (!r.closed)
+		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
+	evbuffer_free(r.in);
+	free(r.state);
+	return r.log;
+}
+
+static void
+same(struct evbuffer *a, struct evbuffer *b)
+{
+	size_t n = evbuffer_get_length(a);
+
+	CHECK(n == evbuffer_get_length(b));
+	CHECK(memcmp(evbuffer_pullup(a, -1), evbuffer_pullup(b, -1), n) == 0);
+	evbuffer_free(a);
+	evbuffer_free(b);
+}
+
+/* The proxy's own error, whatever the message holds: one error reply. */
+static void
+check_error_reply(const char *s, size_t len)
+{
+	struct evbuffer *out = evbuffer_new();
+	char msg[256];
+
+	CHECK(out != NULL);
+	if (len >= sizeof(msg))
+		len = sizeof(msg) - 1;
+	memcpy(msg, s, len);
+	msg[len] = '\0';
+	P->error_reply(out, 0, msg);
+	CHECK(one_reply(out) == '-');
+	evbuffer_free(out);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct cfg_limits lim;
+	const char *s;
+	size_t len;
+
+	if (size < 3)
+		return 0;
+	pick_limits(data[1], data[2], &lim);
+	s = (const char *)data + 3;
+	len = size - 3;
+
+	same(req_run(&lim, s, len, 0), req_run(&lim, s, len, data[0]));
+	same(reply_run(s, len, 0), reply_run(s, len, data[0]));
+	check_error_reply(s, len);
+	return 0;
+}
