@@ -39,6 +39,7 @@ unset logscale y
 set title "CPU per non-pipelined request (median, µs): Redis + proxy"
 set style histogram rowstacked
 set ylabel "µs per request"
+set key outside right top
 set yrange [0:*]
 set xtics rotate by -20
 plot cpufile using 2:xtic(1) title "redis-server" lc rgb "#4d4d4d", \

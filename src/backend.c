@@ -101,7 +101,7 @@ backend_send(struct backend *b, struct request *req, struct evbuffer *from,
 
 	evbuffer_remove_buffer(from, b->out, len);
 	req->backend = b;
-	req->sent_ms = now;
+	req->sent_us = clock_us();
 	req->state = REQ_SENT;
 	TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
 	b->ninflight++;
@@ -153,13 +153,13 @@ backend_probe(struct backend *b)
 	req->done = on_probe_done;
 	req->state = REQ_SENT;
 	req->backend = b;
-	req->sent_ms = clock_ms();
+	req->sent_us = clock_us();
 	b->pool->proto->probe(b->out);
 	TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
 	b->ninflight++;
 	b->probe_queued = true;
 	if (b->state != BACKEND_CONNECTING) {
-		pool_set_state(b, BACKEND_PROBING, req->sent_ms);
+		pool_set_state(b, BACKEND_PROBING, req->sent_us / 1000);
 		mark_dirty(b);
 	}
 }
@@ -169,14 +169,20 @@ static void
 complete_request(struct backend *b, struct request *req, size_t len,
     bool drop, const char *errmsg)
 {
+	struct pool *p = b->pool;
+
 	TAILQ_REMOVE(&b->inflight, req, backend_link);
 	b->ninflight--;
 	req->backend = NULL;
+	if (errmsg == NULL) {
+		p->stats.replies++;
+		latency_record(p->stats.latency, clock_us() - req->sent_us);
+	}
 	if (req->client == NULL) {
 		/* Its client left: read and discard, stay in step. */
 		if (errmsg == NULL)
 			evbuffer_drain(b->in, len);
-		request_free(b->pool->requests, req);
+		request_free(p->requests, req);
 		return;
 	}
 	req->done(req, b->in, len, drop, errmsg);
@@ -257,7 +263,7 @@ static void
 finish_connect(struct backend *b)
 {
 	int e = net_socket_error(b->fd);
-	uint64_t now = clock_ms();
+	uint64_t now = clock_ms(), now_us = clock_us();
 	struct request *req;
 
 	if (e != 0) {
@@ -266,7 +272,7 @@ finish_connect(struct backend *b)
 	}
 	/* The request timeout runs from when a request is written. */
 	TAILQ_FOREACH(req, &b->inflight, backend_link)
-		req->sent_ms = now;
+		req->sent_us = now_us;
 	if (b->probe_queued)
 		pool_set_state(b, BACKEND_PROBING, now);
 	else
@@ -280,8 +286,10 @@ flush_backend(struct backend *b)
 {
 	while (evbuffer_get_length(b->out) > 0) {
 		int n = evbuffer_write(b->out, b->fd);
-		if (n > 0)
+		if (n > 0) {
+			b->pool->stats.bytes_sent += (uint64_t)n;
 			continue;
+		}
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
 			break;
 		backend_close(b, CLOSE_SERVER_ERROR,
@@ -387,6 +395,7 @@ on_backend_read(evutil_socket_t fd, short what, void *arg)
 		ssize_t n = net_read(b->in, b->fd, BACKEND_READ_CHUNK);
 		if (n > 0) {
 			total += (size_t)n;
+			b->pool->stats.bytes_received += (uint64_t)n;
 			if ((size_t)n < BACKEND_READ_CHUNK)
 				break;
 			continue;

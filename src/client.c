@@ -78,7 +78,7 @@ client_new(struct client_env *env, const struct route *route,
 	c->fd = fd;
 	c->id = ++env->next_id;
 	c->state = CLIENT_OPEN;
-	c->last_active_ms = clock_ms();
+	c->created_ms = c->last_active_ms = clock_ms();
 	TAILQ_INIT(&c->reqs);
 	proto->req_init(c->parser);
 	event_assign(&c->rev, env->base, fd, EV_READ | EV_PERSIST,

@@ -60,6 +60,7 @@ struct client {
 	enum client_state state;
 	int fd;
 	uint64_t id;
+	uint64_t created_ms;
 	uint64_t last_active_ms;
 	struct event rev;
 	struct event wev;

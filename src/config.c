@@ -929,21 +929,19 @@ apply_listener_upstream(struct scope *sc, const char *key, yaml_node_t *v)
 
 /* Octal, as chmod takes it. A plain 660 is refused rather than read as
  * decimal 660 (which YAML says it is) or octal (which the writer meant). */
-static void
-apply_mode(struct scope *sc, const char *key, yaml_node_t *v)
+static int
+get_mode(struct scope *sc, const char *key, yaml_node_t *v, mode_t *out)
 {
-	struct listener_draft	*d = sc->obj;
 	const char		*s, *p;
 	unsigned		 mode = 0;
 
-	d->mode = v;
 	if ((s = get_scalar(sc, key, v, "an octal mode like \"0660\"")) == NULL)
-		return;
+		return -1;
 	if (v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && s[0] != '0') {
 		err_at(sc->ld, v->start_mark, "mode %s%s is ambiguous: write "
 		    "it in octal with a leading zero, like 0660 or \"0660\"",
 		    s, sc->where);
-		return;
+		return -1;
 	}
 	p = s;
 	if (p[0] == '0' && (p[1] == 'o' || p[1] == 'O'))
@@ -955,15 +953,25 @@ apply_mode(struct scope *sc, const char *key, yaml_node_t *v)
 	if (mode > 0777) {
 		err_at(sc->ld, v->start_mark, "mode %s%s is out of range (use "
 		    "0..0777)", s, sc->where);
-		return;
+		return -1;
 	}
 	if (*p != '\0')
 		goto bad;
-	d->l->mode = (mode_t)mode;
-	return;
+	*out = (mode_t)mode;
+	return 0;
 bad:
 	err_at(sc->ld, v->start_mark, "mode '%s'%s is not an octal number "
 	    "(write it like \"0660\")", s, sc->where);
+	return -1;
+}
+
+static void
+apply_mode(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct listener_draft	*d = sc->obj;
+
+	d->mode = v;
+	get_mode(sc, key, v, &d->l->mode);
 }
 
 static void
@@ -1562,9 +1570,37 @@ apply_shutdown_timeout(struct scope *sc, const char *key, yaml_node_t *v)
 	    &sc->ld->cfg->shutdown_timeout_ms);
 }
 
+static void
+apply_control_path(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	get_path(sc, key, v, false, &sc->ld->cfg->control_path);
+}
+
+static void
+apply_control_mode(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	get_mode(sc, key, v, &sc->ld->cfg->control_mode);
+}
+
+static const struct key_rule control_rules[] = {
+	{ "path", apply_control_path },
+	{ "mode", apply_control_mode },
+};
+
+static void
+apply_control(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct scope	 sub = { sc->ld, " in control", NULL };
+
+	if (require_type(sc, key, v, YAML_MAPPING_NODE,
+	    "a mapping with path and mode"))
+		walk_mapping(&sub, v, control_rules, NITEMS(control_rules));
+}
+
 static const struct key_rule top_rules[] = {
 	{ "workers", apply_workers },
 	{ "log", apply_log },
+	{ "control", apply_control },
 	{ "pid_file", apply_pid_file },
 	{ "shutdown_timeout", apply_shutdown_timeout },
 	{ "listeners", apply_listeners },
@@ -1722,6 +1758,7 @@ set_defaults(struct config *cfg)
 	cfg->workers = online_cpus();
 	cfg->log_level = LOG_INFO;
 	cfg->shutdown_timeout_ms = 10 * MS_SECOND;
+	cfg->control_mode = 0600;
 }
 
 static void
@@ -1965,6 +2002,7 @@ config_free(struct config *cfg)
 	free(cfg->listeners);
 	free(cfg->log_file);
 	free(cfg->pid_file);
+	free(cfg->control_path);
 	free(cfg->path);
 	free(cfg);
 }

@@ -87,6 +87,8 @@ struct config {
 	enum log_level log_level;
 	char *log_file;    /* NULL: stderr */
 	char *pid_file;    /* NULL: none */
+	char *control_path; /* the control socket; NULL: none */
+	mode_t control_mode; /* default 0600: only the daemon's user */
 	uint64_t shutdown_timeout_ms;
 
 	struct cfg_listener *listeners;

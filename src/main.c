@@ -16,6 +16,7 @@
 
 #include "build_config.h"
 #include "config.h"
+#include "control.h"
 #include "listener.h"
 #include "log.h"
 #include "worker.h"
@@ -27,6 +28,7 @@ struct daemon {
 	size_t nlisteners;
 	struct worker *workers;
 	unsigned nworkers;
+	struct control *control;
 	bool stopping;
 	struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
 	struct event *worker_news; /* a worker stopped accepting, or ended */
@@ -316,12 +318,21 @@ run(struct daemon *d)
 	mask_signals(SIG_UNBLOCK);
 	if (started == -1)
 		goto out;
+	if (d->cfg->control_path != NULL) {
+		d->control = control_open(d->cfg, d->base, d->workers,
+		    d->nworkers, err, sizeof(err));
+		if (d->control == NULL) {
+			log_error("%s", err);
+			goto out;
+		}
+	}
 	log_notice("sidepool %s started: %u worker(s), %zu listener(s)",
 	    PACKAGE_VERSION, d->cfg->workers, d->nlisteners);
 	event_base_dispatch(d->base);
 	rc = 0;
 out:
 	stop_workers(d);
+	control_close(d->control);
 	close_listeners(d);
 	free_main_loop(d);
 	if (d->cfg->pid_file != NULL)

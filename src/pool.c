@@ -344,7 +344,7 @@ expire_busy(struct pool *p, uint64_t now)
 		prev = TAILQ_PREV(b, backend_list, pool_link);
 		struct request *oldest = TAILQ_FIRST(&b->inflight);
 		if (oldest != NULL &&
-		    now - oldest->sent_ms >= p->request_timeout_ms)
+		    now - oldest->sent_us / 1000 >= p->request_timeout_ms)
 			p->ops->close(b, CLOSE_REQUEST_TIMEOUT,
 			    "request timeout");
 	}

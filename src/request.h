@@ -39,7 +39,7 @@ struct request {
 	struct backend *backend;    /* while REQ_SENT */
 	request_done_fn *done;
 	struct evbuffer *reply;     /* a reply that came back out of order */
-	uint64_t sent_ms;           /* when it was handed to the backend */
+	uint64_t sent_us;           /* when it was handed to the backend */
 	uint32_t pflags;            /* the protocol's notes for the reply parser */
 	enum request_state state;
 };

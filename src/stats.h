@@ -7,6 +7,8 @@
 #ifndef SIDEPOOL_STATS_H
 #define SIDEPOOL_STATS_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Why a backend connection was closed. One close path, one reason. */
@@ -28,6 +30,10 @@ enum close_reason {
 
 extern const char *const close_reason_names[CLOSE_REASON_COUNT];
 
+/* Reply latency, as the proxy sees it from the write of a request to the
+ * end of its reply: bucket i counts replies that took < 2^i microseconds. */
+#define LATENCY_BUCKETS 32
+
 struct pool_stats {
 	uint64_t opened;
 	uint64_t closed[CLOSE_REASON_COUNT];
@@ -36,7 +42,14 @@ struct pool_stats {
 	uint64_t probes;
 	uint64_t marked_down;   /* times the server was marked down */
 	uint64_t fast_failures; /* requests refused at once: server down */
+	uint64_t replies;
+	uint64_t bytes_sent;    /* to the server */
+	uint64_t bytes_received;
+	uint64_t latency[LATENCY_BUCKETS];
 };
+
+void latency_record(uint64_t *buckets, uint64_t us);
+uint64_t latency_percentile(const uint64_t *buckets, double q);
 
 struct worker_stats {
 	uint64_t clients_accepted;
@@ -48,5 +61,30 @@ struct worker_stats {
 	uint64_t bytes_in;
 	uint64_t bytes_out;
 };
+
+/* What one worker tells the control socket about one of its pools. */
+struct pool_snapshot {
+	unsigned counts[4];        /* connecting, idle, active, probing */
+	unsigned inflight;         /* requests waiting for a reply */
+	struct pool_stats stats;
+	bool down;
+	uint64_t down_for_ms;
+	unsigned failures;
+	char last_error[160];
+};
+
+/* A copy of a worker's counters, taken on the worker's own thread. */
+struct worker_snapshot {
+	unsigned id;
+	struct worker_stats stats;
+	unsigned nclients;
+	unsigned *clients_per_listener; /* one per listener */
+	uint64_t oldest_client_ms;      /* age of the oldest client */
+	uint64_t biggest_input;         /* bytes buffered, largest client */
+	uint64_t biggest_output;
+	struct pool_snapshot *pools;    /* upstream by upstream, server by server */
+	size_t npools;
+};
+
 
 #endif

@@ -240,6 +240,77 @@ worker_request_stop(struct worker *w, bool now)
 		log_error("cannot stop worker %u: out of memory", w->id);
 }
 
+static void
+snapshot_pool(const struct pool *p, uint64_t now, struct pool_snapshot *ps)
+{
+	ps->counts[0] = p->count[BACKEND_CONNECTING];
+	ps->counts[1] = p->count[BACKEND_IDLE];
+	ps->counts[2] = p->count[BACKEND_ACTIVE];
+	ps->counts[3] = p->count[BACKEND_PROBING];
+	const struct backend *b;
+	TAILQ_FOREACH(b, &p->lists[BACKEND_ACTIVE], pool_link)
+		ps->inflight += b->ninflight;
+	TAILQ_FOREACH(b, &p->lists[BACKEND_CONNECTING], pool_link)
+		ps->inflight += b->ninflight;
+	ps->stats = p->stats;
+	ps->down = p->down;
+	ps->down_for_ms = p->down ? now - p->down_since_ms : 0;
+	ps->failures = p->failures;
+	snprintf(ps->last_error, sizeof(ps->last_error), "%s", p->last_error);
+}
+
+/*
+ * Copy this worker's counters for the control socket. Runs on the worker's
+ * own thread (posted as a job), so it reads without locks; the copy is the
+ * only thing that crosses threads.
+ */
+int
+worker_fill_snapshot(struct worker *w, struct worker_snapshot *s)
+{
+	uint64_t now = clock_ms();
+	const struct client *c;
+	size_t n = 0;
+
+	memset(s, 0, sizeof(*s));
+	s->id = w->id;
+	s->stats = w->stats;
+	s->nclients = w->env.nclients;
+	for (size_t r = 0; r < w->nroutes; r++)
+		s->npools += w->routes[r].npools;
+	s->pools = calloc(s->npools ? s->npools : 1, sizeof(*s->pools));
+	s->clients_per_listener = calloc(w->cfg->nlisteners + 1,
+	    sizeof(*s->clients_per_listener));
+	if (s->pools == NULL || s->clients_per_listener == NULL) {
+		worker_snapshot_free(s);
+		return -1;
+	}
+	for (size_t r = 0; r < w->nroutes; r++)
+		for (size_t i = 0; i < w->routes[r].npools; i++)
+			snapshot_pool(&w->routes[r].pools[i], now,
+			    &s->pools[n++]);
+	TAILQ_FOREACH(c, &w->env.clients, link) {
+		size_t l = (size_t)(c->listener - w->cfg->listeners);
+		if (l < w->cfg->nlisteners)
+			s->clients_per_listener[l]++;
+		if (now - c->created_ms > s->oldest_client_ms)
+			s->oldest_client_ms = now - c->created_ms;
+		if (evbuffer_get_length(c->in) > s->biggest_input)
+			s->biggest_input = evbuffer_get_length(c->in);
+		if (evbuffer_get_length(c->out) > s->biggest_output)
+			s->biggest_output = evbuffer_get_length(c->out);
+	}
+	return 0;
+}
+
+void
+worker_snapshot_free(struct worker_snapshot *s)
+{
+	free(s->pools);
+	free(s->clients_per_listener);
+	s->pools = NULL;
+	s->clients_per_listener = NULL;
+}
+
 static int
 init_routes(struct worker *w, char *err, size_t errlen)
 {

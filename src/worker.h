@@ -82,6 +82,8 @@ int worker_init(struct worker *w, unsigned id, const struct config *cfg,
 int worker_start(struct worker *w, char *err, size_t errlen);
 int worker_post(struct worker *w, worker_job_fn *fn, void *arg);
 void worker_request_stop(struct worker *w, bool now);
+int worker_fill_snapshot(struct worker *w, struct worker_snapshot *s);
+void worker_snapshot_free(struct worker_snapshot *s);
 void worker_join(struct worker *w);
 void worker_free(struct worker *w);
 

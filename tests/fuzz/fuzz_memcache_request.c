@@ -135,8 +135,8 @@ check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags)
 	CHECK((pflags & MC_PF_SHAPE_MASK) <= MC_SHAPE_STATS);
 	CHECK((pflags & ~(MC_PF_SHAPE_MASK | MC_PF_NOREPLY | MC_PF_DROP_EN |
 	    MC_PF_DROP_HD | MC_PF_DROP_VA)) == 0);
-	/* a command line, and its data block if any, end with a "\n" */
-	CHECK(len > 0 && bytes[len - 1] == '\n');
+	/* a data block need not end in "\r\n" (the server says so) */
+	CHECK(len > 0);
 	evbuffer_add(in, bytes, len);
 	P->req_init(st);
 	CHECK(P->parse_request(st, in, r->lim, &ri) == PV_FORWARD);

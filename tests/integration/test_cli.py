@@ -152,7 +152,8 @@ def broken(name, text, needle, words, col_needles=None, nth=0, startup=False):
         assert any(w.lower() in msgs.lower() for w in words), \
             "error at line %d does not mention any of %s\n%s" % (line, words, show(r))
         assert r.stdout.strip() == "" or not re.search(r"\bis valid\b", r.stdout), show(r)
-    h.add_test("-t %s: exit 1, %s:LINE:COL at the right place" % (name, "file"), fn)
+    h.add_test("%s %s: exit 1, FILE:LINE:COL at the right place" % (
+        "start with" if startup else "-t", name), fn)
 
 
 BASE = valid_config()
@@ -198,7 +199,7 @@ broken("bad workers value",
        BASE.replace("workers: 2\n", "workers: lots\n"),
        "lots", ["workers"], col_needles=["workers: lots"])
 
-broken("a broken config at start (no -t) is refused the same way",
+broken("an unknown key (no -t: refused the same way)",
        BASE.replace("shutdown_timeout: 5s\n", "shutdown_timeout: 5s\nbogus_key: 1\n"),
        "bogus_key", ["bogus_key"], startup=True)
 

@@ -229,7 +229,7 @@ END_TEST
 
 START_TEST(test_request_timeout_closes_connection_with_old_request)
 {
-	struct request old = { .sent_ms = fake_now };
+	struct request old = { .sent_us = fake_now * 1000 };
 	struct backend *b = pool_acquire(&pool, fake_now, NULL, 0);
 	pool_set_state(b, BACKEND_ACTIVE, fake_now);
 	TAILQ_INSERT_TAIL(&b->inflight, &old, backend_link);
