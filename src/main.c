@@ -19,6 +19,7 @@
 #include "control.h"
 #include "listener.h"
 #include "log.h"
+#include "notify.h"
 #include "worker.h"
 
 struct daemon {
@@ -127,9 +128,6 @@ start_workers(struct daemon *d)
 {
 	char err[256];
 
-	d->workers = calloc(d->cfg->workers, sizeof(*d->workers));
-	if (d->workers == NULL)
-		return -1;
 	for (unsigned i = 0; i < d->cfg->workers; i++) {
 		d->nworkers = i + 1;
 		if (worker_init(&d->workers[i], i, d->cfg, d->listeners,
@@ -180,6 +178,8 @@ begin_stop(struct daemon *d, const char *why)
 		return;
 	}
 	d->stopping = true;
+	notify_send("STOPPING=1\nSTATUS=draining clients (up to %llu ms)",
+	    (unsigned long long)ms);
 	log_notice("%s: shutting down (waiting up to %llu ms for replies "
 	    "owed)", why, (unsigned long long)ms);
 	for (unsigned i = 0; i < d->nworkers; i++)
@@ -311,6 +311,20 @@ run(struct daemon *d)
 	}
 	if (d->cfg->pid_file != NULL && write_pid_file(d->cfg->pid_file) == -1)
 		goto out;
+	d->workers = calloc(d->cfg->workers, sizeof(*d->workers));
+	if (d->workers == NULL)
+		goto out;
+	/* The control socket exists before any listener accepts, so whoever
+	 * sees sidepool serving can also ask it how it is. Its commands run
+	 * only from the main loop, once the workers are up. */
+	if (d->cfg->control_path != NULL) {
+		d->control = control_open(d->cfg, d->base, d->workers,
+		    d->cfg->workers, err, sizeof(err));
+		if (d->control == NULL) {
+			log_error("%s", err);
+			goto out;
+		}
+	}
 	if (open_listeners(d) == -1)
 		goto out;
 	mask_signals(SIG_BLOCK);
@@ -318,16 +332,11 @@ run(struct daemon *d)
 	mask_signals(SIG_UNBLOCK);
 	if (started == -1)
 		goto out;
-	if (d->cfg->control_path != NULL) {
-		d->control = control_open(d->cfg, d->base, d->workers,
-		    d->nworkers, err, sizeof(err));
-		if (d->control == NULL) {
-			log_error("%s", err);
-			goto out;
-		}
-	}
 	log_notice("sidepool %s started: %u worker(s), %zu listener(s)",
 	    PACKAGE_VERSION, d->cfg->workers, d->nlisteners);
+	notify_send("READY=1\nMAINPID=%ld\nSTATUS=serving %zu listener(s) "
+	    "with %u worker(s)", (long)getpid(), d->nlisteners,
+	    d->cfg->workers);
 	event_base_dispatch(d->base);
 	rc = 0;
 out:

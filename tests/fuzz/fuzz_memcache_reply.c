@@ -10,6 +10,7 @@
  * drop) and the error, if any, must be the same. A broken invariant is a
  * __builtin_trap().
  */
+#include <ctype.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,6 +26,23 @@
 #define CHECK(cond) do { if (!(cond)) __builtin_trap(); } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#ifdef FUZZ_DEBUG
+/* -DFUZZ_DEBUG: print a transcript, escaped, when two runs disagree. */
+static void
+dump(const char *what, struct evbuffer *b)
+{
+	size_t n = evbuffer_get_length(b), i;
+	const unsigned char *s = evbuffer_pullup(b, -1);
+
+	fprintf(stderr, "%s (%zu): ", what, n);
+	for (i = 0; i < n; i++)
+		fprintf(stderr, isprint(s[i]) ? "%c" : "\\x%02x", s[i]);
+	fprintf(stderr, "\n");
+}
+#else
+#define dump(what, b) ((void)0)
+#endif
 
 static const struct proto *P = &memcache_proto;
 
@@ -200,6 +218,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	whole = run(pflags, s, len, 0);
 	chunked = run(pflags, s, len, data[0]);
 	n = evbuffer_get_length(whole);
+	if (n != evbuffer_get_length(chunked) ||
+	    memcmp(evbuffer_pullup(whole, -1), evbuffer_pullup(chunked, -1),
+	    n) != 0) {
+		dump("whole  ", whole);
+		dump("chunked", chunked);
+	}
 	CHECK(n == evbuffer_get_length(chunked));
 	CHECK(memcmp(evbuffer_pullup(whole, -1), evbuffer_pullup(chunked, -1),
 	    n) == 0);

@@ -1425,6 +1425,10 @@ def shared(fn):
                 return v
             diag("shared fixture %s is no longer healthy; making it again" % fn.__name__)
             for o in objs:
+                if isinstance(o, _Proc) and o.proc is not None and not o.alive():
+                    diag("%s pid %s exited with %s" % (o.name, o.pid, o.proc.returncode))
+                    if isinstance(o, Sidepool):
+                        o.dump_log("the shared sidepool died", 40)
                 if hasattr(o, "cleanup"):
                     o.cleanup()
         global _scope
@@ -1435,6 +1439,7 @@ def shared(fn):
         finally:
             _scope = saved
         cache["v"] = v
+        _shared_objs.extend(v if isinstance(v, tuple) else (v,))
         return v
 
     wrapper.__name__ = fn.__name__
@@ -1453,6 +1458,7 @@ class TestTimeout(BaseException):
 
 
 _tests = []
+_shared_objs = []
 
 
 def test(name=None, timeout=30.0):
@@ -1525,7 +1531,9 @@ def run():
         # stop what this test started (daemons first, servers last)
         scope, _scope = _scope, None
         if status == "not ok":
-            for r in scope:
+            shared_daemons = [r for r in _all_resources if isinstance(r, Sidepool)
+                              and r in _shared_objs and r.proc is not None]
+            for r in scope + shared_daemons:
                 if isinstance(r, Sidepool) and r.proc is not None:
                     state = "running" if r.alive() else "exited with %s" % r.proc.returncode
                     r.dump_log("sidepool (pid %s, %s)" % (r.pid, state), 25)

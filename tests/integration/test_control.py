@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""
+test_control.py - the control socket and sidepoolctl: every command in text
+and JSON (parsed by python's json), counters that move with known traffic,
+exit codes scripts rely on, and a private socket that refuses other users.
+"""
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+h.require_tools("redis-server", "redis-cli")
+
+CTL = os.path.join(os.path.dirname(h.SIDEPOOL_BIN), "sidepoolctl")
+COMMANDS = ["help", "version", "status", "stats", "pools", "servers",
+            "clients", "workers", "config"]
+
+
+def start(servers, extra=None, workers=2):
+    cfg = h.redis_config(servers, listen=[h.AUTO_TCP, h.AUTO_UNIX],
+                         workers=workers)
+    sp = h.Sidepool(cfg, start=False)
+    sp.config_src["control"] = {"path": os.path.join(sp.tmp, "control.sock")}
+    sp.config_src["control"].update(extra or {})
+    sp.start()
+    return sp
+
+
+def ctl(sp, *args, user=None):
+    argv = [CTL, "-s", sp.config_src["control"]["path"]] + list(args)
+    if user is not None:
+        argv = ["setpriv", "--reuid", str(user), "--regid", str(user),
+                "--clear-groups", "--"] + argv
+    p = subprocess.run(argv, capture_output=True, timeout=h.scale(10))
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def ctl_json(sp, cmd, expect=0):
+    code, out, err = ctl(sp, "--json", cmd)
+    assert code == expect, "sidepoolctl --json %s: exit %d, %s %s" % (cmd, code, out, err)
+    return json.loads(out)
+
+
+@h.test("every command answers in text and in JSON that a real parser accepts")
+def every_command_text_and_json():
+    r = h.RedisServer()
+    sp = start([r])
+    for cmd in COMMANDS:
+        code, out, err = ctl(sp, cmd)
+        assert code == 0, "%s: exit %d (%s)" % (cmd, code, err)
+        assert out.strip(), "%s: empty text answer" % cmd
+        assert not out.startswith("error"), "%s: %s" % (cmd, out)
+        doc = ctl_json(sp, cmd)
+        assert isinstance(doc, dict) and "error" not in doc, "%s: %r" % (cmd, doc)
+
+
+@h.test("stats, pools and workers count exactly the traffic that was sent")
+def counters_follow_traffic():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    before = ctl_json(sp, "stats")
+    with sp.client(0) as c:
+        for i in range(25):
+            assert c.call("SET", "k%d" % i, "v") == "OK"
+        assert c.call("PING") == "PONG"
+    after = h.poll_until(lambda: (lambda d: d if d["clients"]["closed"] >=
+                                  before["clients"]["closed"] + 1 else None)(
+                                      ctl_json(sp, "stats")), 5,
+                         what="the client close to be counted")
+    srv_b, srv_a = before["servers"][0], after["servers"][0]
+    assert srv_a["requests"] - srv_b["requests"] == 25, (srv_b, srv_a)
+    assert srv_a["replies"] - srv_b["replies"] == 25
+    assert after["requests"] - before["requests"] == 25
+    assert after["local_replies"] - before["local_replies"] == 1
+    # the harness's readiness probes may be counted late: at least ours
+    assert after["clients"]["accepted"] - before["clients"]["accepted"] >= 1
+    assert srv_a["latency_us"]["p50"] > 0
+    assert srv_a["bytes_sent"] > srv_b["bytes_sent"]
+    pools = ctl_json(sp, "pools")["pools"]
+    assert len(pools) == 1 and pools[0]["opened"] >= 1
+    assert pools[0]["idle"] + pools[0]["active"] >= 1
+    workers = ctl_json(sp, "workers")["workers"]
+    assert workers[0]["requests"] - 0 >= 25
+
+
+@h.test("clients shows the connected clients per listener")
+def clients_counts_connected():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    cs = [sp.client(1) for _ in range(3)]
+    for c in cs:
+        assert c.call("PING") == "PONG"
+    doc = ctl_json(sp, "clients")
+    by_listener = {}
+    for row in doc["clients"]:
+        by_listener[row["listener"]] = by_listener.get(row["listener"], 0) + row["clients"]
+    assert by_listener[sp.listeners[1]] == 3, by_listener
+    assert by_listener[sp.listeners[0]] == 0, by_listener
+    for c in cs:
+        c.close()
+
+
+@h.test("status exits 0 when all servers are up and 4 when one is down")
+def status_exit_codes():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    code, out, _ = ctl(sp, "status")
+    assert code == 0 and out.startswith("ok"), (code, out)
+    r.kill()
+    with sp.client(0) as c:
+        reply = c.call("GET", "x")
+        assert isinstance(reply, h.Error) and reply.startswith("ERR sidepool"), reply
+    code, out, _ = ctl(sp, "status")
+    assert code == 4 and out.startswith("degraded"), (code, out)
+    doc = ctl_json(sp, "status", expect=4)
+    assert doc["healthy"] is False and doc["down"] == 1, doc
+
+
+@h.test("unknown command: error answer and exit 1; usage error: exit 2; no daemon: exit 3")
+def error_exit_codes():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    code, out, _ = ctl(sp, "frobnicate")
+    assert code == 1 and out.startswith("error:"), (code, out)
+    code, out, _ = ctl(sp, "--json", "frobnicate")
+    assert code == 1 and "error" in json.loads(out)
+    code, _, _ = ctl(sp, "reload")
+    assert code == 1
+    p = subprocess.run([CTL], capture_output=True, timeout=10)
+    assert p.returncode == 2, p.returncode
+    p = subprocess.run([CTL, "-s", os.path.join(sp.tmp, "nope.sock"), "status"],
+                       capture_output=True, timeout=10)
+    assert p.returncode == 3 and b"cannot reach" in p.stderr, p
+
+
+@h.test("the control socket is 0600 by default and refuses another user")
+def control_socket_is_private():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    path = sp.config_src["control"]["path"]
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o600, oct(mode)
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        h.diag("not root or no setpriv: the other-user check is skipped")
+        return
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chmod(sp.tmp, 0o755)  # so only the socket's own mode decides
+    code, _, err = ctl(sp, "status", user=nobody)
+    assert code == 3 and "Permission denied" in err, (code, err)
+
+
+@h.test("a configured control mode is applied")
+def control_mode_applied():
+    r = h.RedisServer()
+    sp = start([r], extra={"mode": "0660"}, workers=1)
+    mode = stat.S_IMODE(os.stat(sp.config_src["control"]["path"]).st_mode)
+    assert mode == 0o660, oct(mode)
+
+
+@h.test("the control socket file is removed at exit")
+def control_socket_removed_at_exit():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    path = sp.config_src["control"]["path"]
+    assert os.path.exists(path)
+    assert sp.stop() == 0
+    assert not os.path.exists(path)
+
+
+if __name__ == "__main__":
+    h.run()
