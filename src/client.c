@@ -53,7 +53,7 @@ set_reading(struct client *c, bool on)
 }
 
 struct client *
-client_new(struct client_env *env, const struct route *route,
+client_new(struct client_env *env, struct route *route,
     const struct cfg_listener *listener, atomic_uint *listener_count, int fd)
 {
 	const struct proto *proto = route->proto;
@@ -88,6 +88,7 @@ client_new(struct client_env *env, const struct route *route,
 	set_reading(c, true);
 	TAILQ_INSERT_TAIL(&env->clients, c, link);
 	env->nclients++;
+	route->nclients++;
 	env->stats->clients_accepted++;
 	log_debug("client #%llu: connected on %s", (unsigned long long)c->id,
 	    listener->addr.text);
@@ -137,6 +138,7 @@ client_close(struct client *c, const char *why)
 	c->bound = NULL;
 	TAILQ_REMOVE(&env->clients, c, link);
 	env->nclients--;
+	c->route->nclients--;
 	env->stats->clients_closed++;
 	atomic_fetch_sub(c->listener_count, 1);
 	c->dead_next = env->dead;
@@ -245,7 +247,7 @@ reply_error(struct client *c, uint32_t pflags, const char *msg)
 static void
 forward_request(struct client *c, size_t len, uint32_t pflags)
 {
-	struct pool *pool = &c->route->pools[0];
+	struct pool *pool = c->route->pools[0];
 	struct backend *b = c->bound;
 	char err[256];
 
@@ -347,7 +349,16 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 		}
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
 			break;
-		client_close(c, n == 0 ? "closed by client" : strerror(errno));
+		if (n == 0) {
+			/* A half-close ("send these, then EOF") still gets
+			 * every reply, as redis-server gives it. */
+			env->stats->bytes_in += total;
+			process_input(c);
+			if (c->state == CLIENT_OPEN)
+				client_drain(c);
+			return;
+		}
+		client_close(c, strerror(errno));
 		return;
 	}
 	env->stats->bytes_in += total;

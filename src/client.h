@@ -20,12 +20,15 @@
 #include "stats.h"
 
 /* Where a listener's clients send their requests: the upstream's protocol
- * and the worker's pools, one per server. Owned by the worker. */
+ * and the worker's pools, one per server. Owned by the worker, one per
+ * upstream per configuration generation; clients keep the route they came
+ * in on until they leave, even across reloads. */
 struct route {
 	const struct cfg_upstream *upstream;
 	const struct proto *proto;
-	struct pool *pools;
+	struct pool **pools;
 	size_t npools;
+	unsigned nclients;
 };
 
 enum client_state {
@@ -54,7 +57,7 @@ struct client_env {
 struct client {
 	TAILQ_ENTRY(client) link;
 	struct client_env *env;
-	const struct route *route;
+	struct route *route;
 	const struct cfg_listener *listener;
 	atomic_uint *listener_count;  /* decremented when this client goes */
 	enum client_state state;
@@ -79,7 +82,7 @@ struct client {
 	_Alignas(max_align_t) unsigned char parser[];
 };
 
-struct client *client_new(struct client_env *env, const struct route *route,
+struct client *client_new(struct client_env *env, struct route *route,
     const struct cfg_listener *listener, atomic_uint *listener_count, int fd);
 void client_reject(const struct route *route, int fd, const char *msg);
 void client_close(struct client *c, const char *why);

@@ -59,11 +59,15 @@ struct ctl_conn {
 };
 
 struct control {
-	const struct config *cfg;
+	const struct config *cfg;   /* the generation in force */
+	unsigned gen_id;
+	control_reload_fn *reload;
+	void *reload_arg;
 	struct event_base *base;
 	struct worker *workers;
 	unsigned nworkers;
 	int fd;
+	struct cfg_addr addr;       /* as opened: a reload does not move it */
 	dev_t dev;
 	ino_t ino;
 	struct event *accept_ev;
@@ -662,8 +666,24 @@ cmd_config(struct ctl_conn *cc)
 static void
 cmd_reload(struct ctl_conn *cc)
 {
-	reply_error(cc, "reload is not supported in this version; restart "
-	    "sidepool to apply a new configuration");
+	char msg[2048];
+	struct control *ctl = cc->ctl;
+
+	if (ctl->reload(ctl->reload_arg, msg, sizeof(msg)) == -1) {
+		char full[sizeof(msg) + 80];
+		snprintf(full, sizeof(full), "reload failed, the previous "
+		    "configuration stays in force: %s", msg);
+		reply_error(cc, full);
+		return;
+	}
+	if (cc->json) {
+		evbuffer_add_printf(cc->out, "{\"reloaded\": true, \"generation\": "
+		    "%u, \"message\": ", ctl->gen_id);
+		json_string(cc->out, msg);
+		evbuffer_add_printf(cc->out, "}\n");
+	} else {
+		evbuffer_add_printf(cc->out, "%s\n", msg);
+	}
 }
 
 static const struct ctl_command commands[] = {
@@ -680,7 +700,8 @@ static const struct ctl_command commands[] = {
 	{ "workers", true, cmd_workers, "clients, requests and connections per "
 	    "worker" },
 	{ "config", false, cmd_config, "the running configuration" },
-	{ "reload", false, cmd_reload, "apply the configuration file again" },
+	{ "reload", false, cmd_reload, "apply the configuration file again "
+	    "(as SIGHUP): clients stay connected" },
 };
 
 static void
@@ -790,12 +811,19 @@ on_gathered(evutil_socket_t fd, short what, void *arg)
 {
 	struct ctl_conn *cc = arg;
 
-	for (unsigned w = 0; w < cc->ctl->nworkers; w++)
+	for (unsigned w = 0; w < cc->ctl->nworkers; w++) {
 		if (cc->snaps[w].pools == NULL) {
 			reply_error(cc, "out of memory while gathering stats");
 			finish(cc);
 			return;
 		}
+		/* Counters and names must describe the same configuration. */
+		if (cc->snaps[w].gen_id != cc->ctl->gen_id) {
+			reply_error(cc, "a reload is being applied; ask again");
+			finish(cc);
+			return;
+		}
+	}
 	cc->cmd->handler(cc);
 	finish(cc);
 }
@@ -921,12 +949,22 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	event_add(cc->rev, &tv);
 }
 
+void
+control_set_config(struct control *ctl, const struct config *cfg,
+    unsigned gen_id)
+{
+	if (ctl == NULL)
+		return;
+	ctl->cfg = cfg;
+	ctl->gen_id = gen_id;
+}
+
 struct control *
 control_open(const struct config *cfg, struct event_base *base,
-    struct worker *workers, unsigned nworkers, char *err, size_t errlen)
+    struct worker *workers, unsigned nworkers, control_reload_fn *reload,
+    void *reload_arg, char *err, size_t errlen)
 {
-	struct cfg_addr addr;
-	char why[256];
+	char why[256] = "not a unix socket path";
 
 	if (cfg->control_path == NULL)
 		return NULL;
@@ -936,23 +974,27 @@ control_open(const struct config *cfg, struct event_base *base,
 		return NULL;
 	}
 	ctl->cfg = cfg;
+	ctl->reload = reload;
+	ctl->reload_arg = reload_arg;
 	ctl->base = base;
 	ctl->workers = workers;
 	ctl->nworkers = nworkers;
 	TAILQ_INIT(&ctl->conns);
-	if (config_parse_addr(cfg->control_path, &addr, why, sizeof(why)) ==
-	    -1 || addr.family != AF_UNIX) {
+	struct cfg_addr *addr = &ctl->addr;
+	ctl->fd = -1;
+	if (config_parse_addr(cfg->control_path, addr, why, sizeof(why)) ==
+	    -1 || addr->family != AF_UNIX) {
 		snprintf(err, errlen, "control socket %s: %s",
 		    cfg->control_path, why);
 		free(ctl);
 		return NULL;
 	}
-	ctl->fd = net_listen(&addr, 16, cfg->control_mode, err, errlen);
+	ctl->fd = net_listen(addr, 16, cfg->control_mode, err, errlen);
 	if (ctl->fd == -1) {
 		free(ctl);
 		return NULL;
 	}
-	if (net_unix_identity(&addr, &ctl->dev, &ctl->ino) == -1)
+	if (net_unix_identity(addr, &ctl->dev, &ctl->ino) == -1)
 		ctl->dev = 0;
 	ctl->accept_ev = event_new(base, ctl->fd, EV_READ | EV_PERSIST,
 	    on_accept, ctl);
@@ -962,7 +1004,7 @@ control_open(const struct config *cfg, struct event_base *base,
 		return NULL;
 	}
 	event_add(ctl->accept_ev, NULL);
-	log_info("control socket on %s (mode %04o)", addr.text,
+	log_info("control socket on %s (mode %04o)", addr->text,
 	    (unsigned)cfg->control_mode);
 	return ctl;
 }
@@ -971,8 +1013,6 @@ control_open(const struct config *cfg, struct event_base *base,
 void
 control_close(struct control *ctl)
 {
-	struct cfg_addr addr;
-	char why[64];
 	struct ctl_conn *cc;
 
 	if (ctl == NULL)
@@ -982,9 +1022,7 @@ control_close(struct control *ctl)
 	if (ctl->accept_ev != NULL)
 		event_free(ctl->accept_ev);
 	if (ctl->fd != -1) {
-		if (config_parse_addr(ctl->cfg->control_path, &addr, why,
-		    sizeof(why)) == 0)
-			net_unlink_unix(&addr, ctl->dev, ctl->ino);
+		net_unlink_unix(&ctl->addr, ctl->dev, ctl->ino);
 		close(ctl->fd);
 	}
 	free(ctl);

@@ -22,9 +22,15 @@
 struct worker;
 struct control;
 
+/* Apply the configuration file again; 0 on success. msg says what
+ * happened either way. */
+typedef int control_reload_fn(void *arg, char *msg, size_t msglen);
+
 struct control *control_open(const struct config *cfg,
     struct event_base *base, struct worker *workers, unsigned nworkers,
-    char *err, size_t errlen);
+    control_reload_fn *reload, void *reload_arg, char *err, size_t errlen);
+void control_set_config(struct control *ctl, const struct config *cfg,
+    unsigned gen_id);
 void control_close(struct control *ctl);
 
 #endif

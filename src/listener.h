@@ -1,11 +1,12 @@
 /*
  * listener.h - listening sockets.
  *
- * A listener is created once, by the main thread, before the workers
- * start (so a bad address stops the daemon at start with a clear message),
- * and is then shared: every worker watches the same descriptor and accepts
- * from it in its own loop. The kernel hands each connection to exactly one
- * accept(). nclients is the one counter workers share (max_clients).
+ * A listener is opened by the main thread (so a bad address is reported
+ * before anything changes) and then shared: every worker watches the same
+ * descriptor and accepts from it in its own loop; the kernel hands each
+ * connection to exactly one accept(). On reload, a listener whose address
+ * stays is taken over by the new configuration with its descriptor and its
+ * client count, so not one connection is refused or dropped.
  */
 #ifndef SIDEPOOL_LISTENER_H
 #define SIDEPOOL_LISTENER_H
@@ -16,18 +17,28 @@
 
 #include "config.h"
 
+/* Clients connected through an address, across workers and reloads: the
+ * one counter workers share (for max_clients). */
+struct listener_count {
+	atomic_uint clients;
+	atomic_uint refs;
+};
+
 struct listener {
 	const struct cfg_listener *cfg;
 	size_t upstream_index;  /* the route clients of this listener take */
-	int fd;
+	int fd;                 /* -1 once closed or handed to a successor */
 	dev_t dev;              /* identity of our unix socket file */
 	ino_t ino;
 	bool own_file;
-	atomic_uint nclients;   /* across all workers */
+	struct listener_count *count;
 };
 
 int listener_open(struct listener *l, const struct cfg_listener *cfg,
     size_t upstream_index, char *err, size_t errlen);
+void listener_take_over(struct listener *l, const struct cfg_listener *cfg,
+    size_t upstream_index, struct listener *from);
 void listener_close(struct listener *l);
+void listener_release(struct listener *l);
 
 #endif

@@ -53,7 +53,9 @@ log_open(const char *path, enum log_level level, char *err, size_t errlen)
 	if (fd == -1)
 		return -1;
 	snprintf(log_path, sizeof(log_path), "%s", path);
-	atomic_store(&log_fd, fd);
+	int old = atomic_exchange(&log_fd, fd);
+	if (old > 2)
+		close(old);
 	return 0;
 }
 

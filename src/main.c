@@ -1,6 +1,7 @@
 /*
- * main.c - the daemon's life: arguments, config, listeners, workers,
- * signals, and an orderly exit. The only place that decides to exit.
+ * main.c - the daemon's life: arguments, config, the generation in force,
+ * workers, reloads, signals, and an orderly exit. The only place that
+ * decides to exit.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,22 +18,27 @@
 #include "build_config.h"
 #include "config.h"
 #include "control.h"
-#include "listener.h"
+#include "generation.h"
 #include "log.h"
 #include "notify.h"
 #include "worker.h"
 
+#define MAX_RETIRING 16
+
 struct daemon {
-	struct config *cfg;
+	const char *config_path;
+	struct generation *gen;      /* in force */
+	/* Older generations whose sockets some worker may still watch: their
+	 * removed listeners close once every worker has moved past them. */
+	struct generation *retiring[MAX_RETIRING];
+	size_t nretiring;
 	struct event_base *base;
-	struct listener *listeners;
-	size_t nlisteners;
 	struct worker *workers;
 	unsigned nworkers;
 	struct control *control;
 	bool stopping;
 	struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
-	struct event *worker_news; /* a worker stopped accepting, or ended */
+	struct event *worker_news; /* a worker applied, stopped accepting, ended */
 	struct event *stop_timer;
 };
 
@@ -52,14 +58,27 @@ usage(FILE *f)
 	    "sidepool.yml(5).\n", CONFIG_DEFAULT_PATH);
 }
 
+/* Errors go to stderr when there is no log yet (start, -t), to the log
+ * and to the caller's buffer on reload. */
 static struct config *
-load_config(const char *path)
+load_config(const char *path, bool to_log, char *msg, size_t msglen)
 {
 	struct config_errors errs = { 0 };
 	struct config *cfg = config_load(path, &errs);
+	size_t used = 0;
 
-	for (size_t i = 0; i < errs.n; i++)
-		fprintf(stderr, "%s\n", errs.msgs[i]);
+	for (size_t i = 0; i < errs.n; i++) {
+		if (to_log)
+			log_error("%s", errs.msgs[i]);
+		else
+			fprintf(stderr, "%s\n", errs.msgs[i]);
+		if (msg != NULL && used < msglen) {
+			int n = snprintf(msg + used, msglen - used, "%s%s",
+			    i ? "; " : "", errs.msgs[i]);
+			if (n > 0)
+				used += (size_t)n;
+		}
+	}
 	config_errors_clear(&errs);
 	return cfg;
 }
@@ -81,46 +100,14 @@ write_pid_file(const char *path)
 	return w == n ? 0 : -1;
 }
 
-static int
-open_listeners(struct daemon *d)
+static void
+log_listeners(const struct generation *g)
 {
-	const struct config *cfg = d->cfg;
-	char err[512];
-
-	d->listeners = calloc(cfg->nlisteners, sizeof(*d->listeners));
-	if (d->listeners == NULL)
-		return -1;
-	for (size_t i = 0; i < cfg->nlisteners; i++) {
-		const struct cfg_listener *lc = &cfg->listeners[i];
-		size_t up = (size_t)(lc->upstream - cfg->upstreams);
-		d->listeners[i].fd = -1;
-		if (listener_open(&d->listeners[i], lc, up, err,
-		    sizeof(err)) == -1) {
-			log_error("%s", err);
-			return -1;
-		}
-		d->nlisteners = i + 1;
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		const struct cfg_listener *lc = g->listeners[i].cfg;
 		log_info("listening on %s for upstream %s (%s)", lc->addr.text,
 		    lc->upstream->name, proto_kind_name(lc->upstream->protocol));
 	}
-	return 0;
-}
-
-/* Close the listening sockets; the structures stay until workers are gone. */
-static void
-close_listener_sockets(struct daemon *d)
-{
-	for (size_t i = 0; i < d->nlisteners; i++)
-		listener_close(&d->listeners[i]);
-}
-
-static void
-close_listeners(struct daemon *d)
-{
-	close_listener_sockets(d);
-	free(d->listeners);
-	d->listeners = NULL;
-	d->nlisteners = 0;
 }
 
 static int
@@ -128,10 +115,10 @@ start_workers(struct daemon *d)
 {
 	char err[256];
 
-	for (unsigned i = 0; i < d->cfg->workers; i++) {
+	for (unsigned i = 0; i < d->gen->cfg->workers; i++) {
 		d->nworkers = i + 1;
-		if (worker_init(&d->workers[i], i, d->cfg, d->listeners,
-		    d->nlisteners, d->worker_news, err, sizeof(err)) == -1 ||
+		if (worker_init(&d->workers[i], i, d->gen, d->worker_news, err,
+		    sizeof(err)) == -1 ||
 		    worker_start(&d->workers[i], err, sizeof(err)) == -1) {
 			log_error("%s", err);
 			return -1;
@@ -156,6 +143,97 @@ stop_workers(struct daemon *d)
 }
 
 static void
+apply_log_file(const char *old, const struct config *cfg)
+{
+	char err[512];
+
+	if ((old == NULL && cfg->log_file == NULL) || (old != NULL &&
+	    cfg->log_file != NULL && strcmp(old, cfg->log_file) == 0))
+		return;
+	if (cfg->log_file == NULL) {
+		log_close();
+		(void)log_open(NULL, cfg->log_level, err, sizeof(err));
+	} else if (log_open(cfg->log_file, cfg->log_level, err,
+	    sizeof(err)) == -1) {
+		log_error("reload: %s; logging stays where it was", err);
+		return;
+	}
+	log_notice("logging to %s", cfg->log_file ? cfg->log_file : "stderr");
+}
+
+/*
+ * Reload: load and check the file, open the sockets of new addresses; only
+ * if all of that works does anything change. Then every worker gets the
+ * new generation: new clients use it, connected clients keep what they had
+ * until they leave, pools of addresses that stay keep their connections.
+ */
+static int
+reload(struct daemon *d, char *msg, size_t msglen)
+{
+	char err[512];
+	struct config *cfg;
+
+	if (d->stopping) {
+		snprintf(msg, msglen, "shutting down");
+		return -1;
+	}
+	notify_send("RELOADING=1\nSTATUS=reloading %s", d->config_path);
+	log_notice("reloading %s", d->config_path);
+	if ((cfg = load_config(d->config_path, true, msg, msglen)) == NULL) {
+		log_error("reload failed: %s is not valid; still running the "
+		    "previous configuration", d->config_path);
+		notify_send("READY=1\nSTATUS=reload failed, running the "
+		    "previous configuration");
+		return -1;
+	}
+	if (d->nretiring == MAX_RETIRING) {
+		snprintf(msg, msglen, "too many reloads still in progress; "
+		    "try again in a moment");
+		config_free(cfg);
+		notify_send("READY=1");
+		return -1;
+	}
+	if (cfg->workers != d->nworkers)
+		log_warn("reload: workers: %u needs a restart; keeping %u",
+		    cfg->workers, d->nworkers);
+	if ((cfg->control_path == NULL) != (d->gen->cfg->control_path == NULL) ||
+	    (cfg->control_path != NULL &&
+	    strcmp(cfg->control_path, d->gen->cfg->control_path) != 0))
+		log_warn("reload: a new control path needs a restart; the "
+		    "control socket stays where it is");
+	struct generation *g = generation_new(cfg, d->gen, err, sizeof(err));
+	if (g == NULL) {
+		log_error("reload failed: %s; still running the previous "
+		    "configuration", err);
+		snprintf(msg, msglen, "%s", err);
+		config_free(cfg);
+		notify_send("READY=1\nSTATUS=reload failed, running the "
+		    "previous configuration");
+		return -1;
+	}
+	log_set_level(cfg->log_level);
+	apply_log_file(d->gen->cfg->log_file, cfg);
+	d->retiring[d->nretiring++] = d->gen;
+	d->gen = g;
+	for (unsigned i = 0; i < d->nworkers; i++)
+		worker_apply(&d->workers[i], g);
+	control_set_config(d->control, cfg, g->id);
+	log_listeners(g);
+	log_notice("configuration generation %u in force", g->id);
+	notify_send("READY=1\nSTATUS=serving %zu listener(s) with %u worker(s)",
+	    g->nlisteners, d->nworkers);
+	snprintf(msg, msglen, "reloaded %s (generation %u)", d->config_path,
+	    g->id);
+	return 0;
+}
+
+static int
+reload_from_control(void *arg, char *msg, size_t msglen)
+{
+	return reload(arg, msg, msglen);
+}
+
+static void
 on_stop_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
@@ -170,7 +248,7 @@ static void
 begin_stop(struct daemon *d, const char *why)
 {
 	struct timeval tv;
-	uint64_t ms = d->cfg->shutdown_timeout_ms;
+	uint64_t ms = d->gen->cfg->shutdown_timeout_ms;
 
 	if (d->stopping) {
 		log_notice("%s again: closing everything now", why);
@@ -193,6 +271,7 @@ static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct daemon *d = arg;
+	char msg[1024];
 
 	switch (sig) {
 	case SIGTERM:
@@ -202,8 +281,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 		begin_stop(d, "SIGINT");
 		break;
 	case SIGHUP:
-		log_notice("SIGHUP: configuration reload is not supported in "
-		    "this version; restart sidepool to apply a new config");
+		(void)reload(d, msg, sizeof(msg));
 		break;
 	case SIGUSR1:
 		log_notice("SIGUSR1: reopening the log file");
@@ -215,25 +293,41 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 }
 
 /*
- * Activations can merge, so look at every worker. Once no worker watches
- * the listening sockets any more they close, and new clients are refused at
- * once instead of waiting in a backlog nobody will accept from (closing
- * them earlier would pull descriptors from under the workers' loops).
+ * Activations can merge, so look at every worker. A retired generation's
+ * sockets close once every worker has moved past it; the current one's
+ * once every worker has stopped accepting (closing them earlier would pull
+ * descriptors from under the workers' loops). Then new clients are refused
+ * at once instead of waiting in a backlog nobody will accept from.
  */
 static void
 on_worker_news(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	unsigned stopped = 0, deaf = 0;
+	unsigned stopped = 0, deaf = 0, oldest = UINT32_MAX;
 
 	for (unsigned i = 0; i < d->nworkers; i++) {
-		if (atomic_load(&d->workers[i].accepts_stopped))
+		struct worker *w = &d->workers[i];
+		if (atomic_load(&w->accepts_stopped))
 			deaf++;
-		if (atomic_load(&d->workers[i].finished))
+		if (atomic_load(&w->finished))
 			stopped++;
+		unsigned id = atomic_load(&w->gen_id);
+		if (id < oldest)
+			oldest = id;
 	}
+	size_t keep = 0;
+	for (size_t i = 0; i < d->nretiring; i++) {
+		struct generation *g = d->retiring[i];
+		if (g->id < oldest || deaf == d->nworkers) {
+			generation_close_listeners(g);
+			generation_unref(g);
+		} else {
+			d->retiring[keep++] = g;
+		}
+	}
+	d->nretiring = keep;
 	if (deaf == d->nworkers)
-		close_listener_sockets(d);
+		generation_close_listeners(d->gen);
 	if (stopped == d->nworkers) {
 		if (!d->stopping)
 			log_error("all workers stopped unexpectedly");
@@ -294,58 +388,74 @@ mask_signals(int how)
 }
 
 static int
-run(struct daemon *d)
+run(struct daemon *d, struct config *cfg)
 {
 	char err[512];
 	int rc = 1;
 
-	if (log_open(d->cfg->log_file, d->cfg->log_level, err,
-	    sizeof(err)) == -1) {
+	if (log_open(cfg->log_file, cfg->log_level, err, sizeof(err)) == -1) {
 		fprintf(stderr, "sidepool: %s\n", err);
+		config_free(cfg);
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	if (evthread_use_pthreads() == -1 || setup_main_loop(d) == -1) {
 		log_error("cannot set up the event loop");
+		config_free(cfg);
 		goto out;
 	}
-	if (d->cfg->pid_file != NULL && write_pid_file(d->cfg->pid_file) == -1)
+	if (cfg->pid_file != NULL && write_pid_file(cfg->pid_file) == -1) {
+		config_free(cfg);
 		goto out;
-	d->workers = calloc(d->cfg->workers, sizeof(*d->workers));
-	if (d->workers == NULL)
+	}
+	d->workers = calloc(cfg->workers, sizeof(*d->workers));
+	if (d->workers == NULL) {
+		config_free(cfg);
 		goto out;
+	}
 	/* The control socket exists before any listener accepts, so whoever
 	 * sees sidepool serving can also ask it how it is. Its commands run
 	 * only from the main loop, once the workers are up. */
-	if (d->cfg->control_path != NULL) {
-		d->control = control_open(d->cfg, d->base, d->workers,
-		    d->cfg->workers, err, sizeof(err));
+	if (cfg->control_path != NULL) {
+		d->control = control_open(cfg, d->base, d->workers,
+		    cfg->workers, reload_from_control, d, err, sizeof(err));
 		if (d->control == NULL) {
 			log_error("%s", err);
+			config_free(cfg);
 			goto out;
 		}
 	}
-	if (open_listeners(d) == -1)
+	if ((d->gen = generation_new(cfg, NULL, err, sizeof(err))) == NULL) {
+		log_error("%s", err);
+		config_free(cfg);
 		goto out;
+	}
+	control_set_config(d->control, cfg, d->gen->id);
+	log_listeners(d->gen);
 	mask_signals(SIG_BLOCK);
 	int started = start_workers(d);
 	mask_signals(SIG_UNBLOCK);
 	if (started == -1)
 		goto out;
 	log_notice("sidepool %s started: %u worker(s), %zu listener(s)",
-	    PACKAGE_VERSION, d->cfg->workers, d->nlisteners);
+	    PACKAGE_VERSION, d->nworkers, d->gen->nlisteners);
 	notify_send("READY=1\nMAINPID=%ld\nSTATUS=serving %zu listener(s) "
-	    "with %u worker(s)", (long)getpid(), d->nlisteners,
-	    d->cfg->workers);
+	    "with %u worker(s)", (long)getpid(), d->gen->nlisteners,
+	    d->nworkers);
 	event_base_dispatch(d->base);
 	rc = 0;
 out:
 	stop_workers(d);
 	control_close(d->control);
-	close_listeners(d);
+	for (size_t i = 0; i < d->nretiring; i++)
+		generation_unref(d->retiring[i]);
+	if (d->gen != NULL) {
+		const char *pid_file = d->gen->cfg->pid_file;
+		if (pid_file != NULL)
+			unlink(pid_file);
+		generation_unref(d->gen);
+	}
 	free_main_loop(d);
-	if (d->cfg->pid_file != NULL)
-		unlink(d->cfg->pid_file);
 	log_notice("sidepool stopped");
 	log_close();
 	return rc;
@@ -383,20 +493,19 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	struct daemon d = { 0 };
-	d.cfg = load_config(path);
-	if (d.cfg == NULL) {
+	struct config *cfg = load_config(path, false, NULL, 0);
+	if (cfg == NULL) {
 		fprintf(stderr, "sidepool: configuration file %s is not valid\n",
 		    path);
 		return 1;
 	}
 	if (test_only) {
 		printf("sidepool: configuration file %s is valid\n", path);
-		config_free(d.cfg);
+		config_free(cfg);
 		return 0;
 	}
-	int rc = run(&d);
-	config_free(d.cfg);
+	struct daemon d = { .config_path = path };
+	int rc = run(&d, cfg);
 	libevent_global_shutdown();
 	return rc;
 }

@@ -882,14 +882,14 @@ mc_req_line(struct mc_req_state *st, struct evbuffer *in,
 		if (avail > lim->max_line_length && !mc_req_long_ok(in))
 			return mc_req_close(st, ri, "unknown", MC_E_LINE);
 		if (avail > lim->max_request_size)
-			return mc_req_close(st, ri, "get", MC_E_REQUEST);
+			return mc_req_close(st, ri, "unknown", MC_E_REQUEST);
 		return PV_NEED_MORE;
 	}
 	/* decided on the length alone, however the bytes arrived */
 	if (nl > lim->max_line_length && !mc_req_long_ok(in))
 		return mc_req_close(st, ri, "unknown", MC_E_LINE);
 	if (nl + 1 > lim->max_request_size)
-		return mc_req_close(st, ri, "get", MC_E_REQUEST);
+		return mc_req_close(st, ri, "unknown", MC_E_REQUEST);
 	line = nl > 0 ? (const char *)evbuffer_pullup(in, (ev_ssize_t)nl) : "";
 	if (line == NULL)
 		return mc_req_close(st, ri, "unknown", MC_E_NOMEM);
@@ -975,8 +975,10 @@ mc_reply_classify(const char *line, size_t len, struct mc_reply_line *out)
 		at = 3;
 	else if (out->code == MC_R_VA)
 		at = 1;
+	/* memcached's item lengths are ints: anything larger is a desync */
 	if (at != 0 && at < n)
-		out->has_len = mc_parse_len(tok[at].p, tok[at].len, &out->len);
+		out->has_len = mc_parse_len(tok[at].p, tok[at].len, &out->len) &&
+		    out->len <= INT32_MAX;
 }
 
 enum mc_reply_phase {

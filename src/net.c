@@ -129,6 +129,14 @@ net_listen(const struct cfg_addr *addr, int backlog, mode_t mode, char *err,
 	return fd;
 }
 
+int
+net_chmod_unix(const struct cfg_addr *addr, mode_t mode)
+{
+	const struct sockaddr_un *sun = (const struct sockaddr_un *)&addr->sa;
+
+	return chmod(sun->sun_path, mode);
+}
+
 /* The identity of the socket file we bound, so that at exit we remove our
  * own file and never one that a newer process has put in its place. */
 int

@@ -18,6 +18,7 @@ enum net_connect_result { NET_CONNECTED, NET_IN_PROGRESS, NET_FAILED };
 
 int net_listen(const struct cfg_addr *addr, int backlog, mode_t mode,
     char *err, size_t errlen);
+int net_chmod_unix(const struct cfg_addr *addr, mode_t mode);
 int net_unix_identity(const struct cfg_addr *addr, dev_t *dev, ino_t *ino);
 void net_unlink_unix(const struct cfg_addr *addr, dev_t dev, ino_t ino);
 enum net_connect_result net_connect(const struct cfg_addr *addr, int *fdp,

@@ -41,15 +41,14 @@ backend_state_name(enum backend_state s)
 	return s < BACKEND_STATE_COUNT ? state_names[s] : "?";
 }
 
+/* Settings from the config; on reload, the pool keeps its connections and
+ * counters and takes the new settings from the next tick on. */
 void
-pool_init(struct pool *p, const struct cfg_upstream *up,
-    const struct cfg_server *server, const struct pool_ops *ops,
-    uint64_t seed)
+pool_configure(struct pool *p, const struct cfg_upstream *up,
+    const struct cfg_server *server)
 {
 	p->upstream = up;
 	p->server = server;
-	p->proto = proto_for(up->protocol);
-	p->ops = ops;
 	p->size = up->pool.size;
 	p->max_connections = up->pool.max_connections;
 	p->min_idle = up->pool.min_idle;
@@ -66,6 +65,16 @@ pool_init(struct pool *p, const struct cfg_upstream *up,
 	p->retry_max_interval_ms = up->retry_max_interval_ms >
 	    p->retry_interval_ms ? up->retry_max_interval_ms :
 	    p->retry_interval_ms;
+}
+
+void
+pool_init(struct pool *p, const struct cfg_upstream *up,
+    const struct cfg_server *server, const struct pool_ops *ops,
+    uint64_t seed)
+{
+	p->proto = proto_for(up->protocol);
+	p->ops = ops;
+	pool_configure(p, up, server);
 	p->rng = seed | 1;
 	for (int s = 0; s < BACKEND_CLOSED; s++) {
 		TAILQ_INIT(&p->lists[s]);
@@ -80,15 +89,21 @@ pool_total(const struct pool *p)
 	    p->count[BACKEND_ACTIVE] + p->count[BACKEND_PROBING];
 }
 
-/* A number in [base * 0.8, base * 1.2): timers spread so that many
- * connections or workers never act in the same millisecond. */
 static uint64_t
-jitter(struct pool *p, uint64_t base)
+random_below(struct pool *p, uint64_t n)
 {
 	p->rng ^= p->rng << 13;
 	p->rng ^= p->rng >> 7;
 	p->rng ^= p->rng << 17;
-	return base * 8 / 10 + (base > 0 ? p->rng % (base * 4 / 10 + 1) : 0);
+	return n > 0 ? p->rng % n : 0;
+}
+
+/* A number in [base * 0.8, base * 1.2]: timers spread so that many
+ * connections or workers never act in the same millisecond. */
+static uint64_t
+jitter(struct pool *p, uint64_t base)
+{
+	return base * 8 / 10 + random_below(p, base * 4 / 10 + 1);
 }
 
 /* Idle connections beyond the pool size go, least recently used first. */
@@ -163,8 +178,10 @@ pool_add(struct pool *p, struct backend *b, enum backend_state s,
 	b->since_ms = now;
 	b->used_ms = now;
 	b->probed_ms = now;
-	b->retire_ms = p->max_lifetime_ms > 0 ?
-	    now + p->max_lifetime_ms - jitter(p, p->max_lifetime_ms / 10) : 0;
+	/* Retired between 90% and 100% of max_lifetime, so connections
+	 * opened together do not all reconnect together. */
+	b->retire_ms = p->max_lifetime_ms > 0 ? now + p->max_lifetime_ms -
+	    random_below(p, p->max_lifetime_ms / 10 + 1) : 0;
 	TAILQ_INSERT_TAIL(&p->lists[s], b, pool_link);
 	p->count[s]++;
 	p->stats.opened++;
@@ -258,6 +275,12 @@ pool_record_failure(struct pool *p, uint64_t now, bool fatal, const char *why)
 	snprintf(p->last_error, sizeof(p->last_error), "%s", why);
 	p->failures++;
 	if (p->down) {
+		/* Only the retry's own failure counts: the connections that
+		 * were open when the server went all fail at once, and must
+		 * not push the backoff to its cap in one go. */
+		if (!p->retrying)
+			return;
+		p->retrying = false;
 		p->backoff_ms = p->backoff_ms * 2 > p->retry_max_interval_ms ?
 		    p->retry_max_interval_ms : p->backoff_ms * 2;
 		p->retry_at_ms = now + jitter(p, p->backoff_ms);
@@ -274,6 +297,7 @@ void
 pool_record_success(struct pool *p, uint64_t now)
 {
 	p->failures = 0;
+	p->retrying = false;
 	if (!p->down)
 		return;
 	p->down = false;
@@ -350,15 +374,25 @@ expire_busy(struct pool *p, uint64_t now)
 	}
 }
 
-/* Down: one connection at a time tries again; its probe decides. */
+/* Down: one connection at a time tries again, and its probe decides. An
+ * idle connection that survived (the server said LOADING, say) is the one
+ * to probe; otherwise a new one is opened. */
 static void
 retry_down(struct pool *p, uint64_t now)
 {
 	char err[160];
+	struct backend *b;
 
-	if (now < p->retry_at_ms || pool_total(p) > 0)
+	if (now < p->retry_at_ms || p->count[BACKEND_PROBING] > 0 ||
+	    p->count[BACKEND_CONNECTING] > 0)
 		return;
-	struct backend *b = p->ops->open(p, err, sizeof(err));
+	p->retrying = true;
+	if ((b = TAILQ_FIRST(&p->lists[BACKEND_IDLE])) != NULL) {
+		p->stats.probes++;
+		p->ops->probe(b);
+		return;
+	}
+	b = p->ops->open(p, err, sizeof(err));
 	if (b == NULL)
 		return; /* open recorded the failure: the backoff grew */
 	p->stats.probes++;

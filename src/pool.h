@@ -22,6 +22,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
 #include "backend.h"
 #include "config.h"
@@ -40,6 +41,8 @@ struct pool_ops {
 };
 
 struct pool {
+	TAILQ_ENTRY(pool) link;          /* in the worker's list of pools */
+	unsigned refs;                   /* routes using it, in its worker */
 	const struct cfg_upstream *upstream;
 	const struct cfg_server *server;
 	const struct proto *proto;
@@ -49,7 +52,8 @@ struct pool {
 	struct request_cache *requests;  /* the worker's free list */
 	struct backend_queues *queues;   /* the worker's end-of-event work */
 
-	/* settings, copied so a reload can change them in place */
+	/* settings, copied so a reload can change them in place (the
+	 * worker calls pool_configure on its own thread) */
 	unsigned size;
 	unsigned max_connections;
 	unsigned min_idle;
@@ -72,6 +76,7 @@ struct pool {
 	/* health */
 	unsigned failures;               /* in a row */
 	bool down;
+	bool retrying;                   /* a retry of a down server is under way */
 	uint64_t down_since_ms;
 	uint64_t retry_at_ms;
 	uint64_t backoff_ms;
@@ -81,6 +86,8 @@ struct pool {
 void pool_init(struct pool *p, const struct cfg_upstream *up,
     const struct cfg_server *server, const struct pool_ops *ops,
     uint64_t seed);
+void pool_configure(struct pool *p, const struct cfg_upstream *up,
+    const struct cfg_server *server);
 struct backend *pool_acquire(struct pool *p, uint64_t now, char *err,
     size_t errlen);
 void pool_add(struct pool *p, struct backend *b, enum backend_state s,

@@ -76,9 +76,10 @@ struct pool_snapshot {
 /* A copy of a worker's counters, taken on the worker's own thread. */
 struct worker_snapshot {
 	unsigned id;
+	unsigned gen_id;                /* the configuration it describes */
 	struct worker_stats stats;
 	unsigned nclients;
-	unsigned *clients_per_listener; /* one per listener */
+	unsigned *clients_per_listener; /* one per listener, then removed ones */
 	uint64_t oldest_client_ms;      /* age of the oldest client */
 	uint64_t biggest_input;         /* bytes buffered, largest client */
 	uint64_t biggest_output;

@@ -1,7 +1,8 @@
 /*
  * worker.c - a worker thread: its event loop, its accepts, the end-of-round
- * flush that batches writes, the janitor tick, and the job mailbox that is
- * its only door to other threads.
+ * flush that batches writes, the janitor tick, the configuration
+ * generations it serves, and the job mailbox that is its only door to
+ * other threads.
  */
 #include "worker.h"
 
@@ -48,6 +49,8 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 	finish_if_drained(w);
 }
 
+/* ---- accepting ----------------------------------------------------------- */
+
 static void
 accept_clients(struct worker *w, struct worker_listener *wl)
 {
@@ -72,16 +75,17 @@ accept_clients(struct worker *w, struct worker_listener *wl)
 		}
 		if (cfg->addr.family != AF_UNIX)
 			net_tune_stream(fd);
-		const struct route *route = &w->routes[l->upstream_index];
-		unsigned n = atomic_fetch_add(&l->nclients, 1) + 1;
+		atomic_uint *count = &l->count->clients;
+		unsigned n = atomic_fetch_add(count, 1) + 1;
 		if (cfg->max_clients > 0 && n > cfg->max_clients) {
-			atomic_fetch_sub(&l->nclients, 1);
+			atomic_fetch_sub(count, 1);
 			w->stats.clients_rejected++;
-			client_reject(route, fd, "max number of clients reached");
+			client_reject(wl->route, fd,
+			    "max number of clients reached");
 			continue;
 		}
-		if (client_new(&w->env, route, cfg, &l->nclients, fd) == NULL) {
-			atomic_fetch_sub(&l->nclients, 1);
+		if (client_new(&w->env, wl->route, cfg, count, fd) == NULL) {
+			atomic_fetch_sub(count, 1);
 			log_error("cannot accept a client on %s: out of memory",
 			    cfg->addr.text);
 			close(fd);
@@ -93,48 +97,222 @@ static void
 on_accept(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker_listener *wl = arg;
-	struct worker *w = wl->worker;
 
-	if (w->state == WORKER_RUNNING)
-		accept_clients(w, wl);
+	if (wl->worker->state == WORKER_RUNNING)
+		accept_clients(wl->worker, wl);
 }
 
 static void
 on_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
-	struct worker *w = arg;
+	struct worker_listener *wl = arg;
 
-	for (size_t i = 0; i < w->nlisteners; i++) {
-		struct worker_listener *wl = &w->listeners[i];
-		if (w->state == WORKER_RUNNING &&
-		    !event_pending(&wl->accept_ev, EV_READ, NULL))
-			event_add(&wl->accept_ev, NULL);
+	if (wl->worker->state == WORKER_RUNNING &&
+	    wl->worker->current != NULL &&
+	    wl >= wl->worker->current->listeners &&
+	    wl < wl->worker->current->listeners +
+	    wl->worker->current->nlisteners)
+		event_add(&wl->accept_ev, NULL);
+}
+
+static void
+set_accepting(struct wgen *g, bool on)
+{
+	if (g->accepting == on)
+		return;
+	g->accepting = on;
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		if (on) {
+			event_add(&g->listeners[i].accept_ev, NULL);
+			continue;
+		}
+		event_del(&g->listeners[i].accept_ev);
+		event_del(&g->listeners[i].resume_ev);
 	}
 }
+
+/* ---- pools and generations ------------------------------------------------ */
+
+/* A pool for this address in this worker, whatever generation made it:
+ * pools are keyed by address, so a reload that keeps a server keeps its
+ * connections and counters and only changes its settings. */
+static struct pool *
+get_pool(struct worker *w, const struct cfg_upstream *up,
+    const struct cfg_server *server)
+{
+	struct pool *p;
+
+	TAILQ_FOREACH(p, &w->pools, link)
+		if (p->proto == proto_for(up->protocol) &&
+		    strcmp(p->server->addr.text, server->addr.text) == 0) {
+			pool_configure(p, up, server);
+			p->refs++;
+			return p;
+		}
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return NULL;
+	pool_init(p, up, server, &daemon_pool_ops,
+	    clock_ms() * 2654435761u + w->id * 40503u + server->index);
+	p->worker_id = w->id;
+	p->base = w->base;
+	p->requests = &w->env.requests;
+	p->queues = &w->backends;
+	p->refs = 1;
+	TAILQ_INSERT_TAIL(&w->pools, p, link);
+	return p;
+}
+
+/* The last route using a pool is gone: its connections close (requests
+ * still on them belong to clients that have left) and it goes. */
+static void
+put_pool(struct worker *w, struct pool *p)
+{
+	if (--p->refs > 0)
+		return;
+	pool_close_all(p, CLOSE_SHUTDOWN);
+	TAILQ_REMOVE(&w->pools, p, link);
+	free(p);
+}
+
+static void
+free_wgen(struct worker *w, struct wgen *g)
+{
+	set_accepting(g, false);
+	for (size_t r = 0; r < g->nroutes; r++) {
+		for (size_t i = 0; i < g->routes[r].npools; i++)
+			if (g->routes[r].pools[i] != NULL)
+				put_pool(w, g->routes[r].pools[i]);
+		free(g->routes[r].pools);
+	}
+	free(g->routes);
+	free(g->listeners);
+	TAILQ_REMOVE(&w->gens, g, link);
+	generation_unref(g->gen);
+	free(g);
+}
+
+static struct wgen *
+new_wgen(struct worker *w, struct generation *gen)
+{
+	const struct config *cfg = gen->cfg;
+	struct wgen *g = calloc(1, sizeof(*g));
+
+	if (g == NULL)
+		return NULL;
+	g->gen = gen;
+	generation_ref(gen);
+	TAILQ_INSERT_TAIL(&w->gens, g, link);
+	g->nroutes = cfg->nupstreams;
+	g->routes = calloc(g->nroutes, sizeof(*g->routes));
+	g->nlisteners = gen->nlisteners;
+	g->listeners = calloc(g->nlisteners + 1, sizeof(*g->listeners));
+	if (g->routes == NULL || g->listeners == NULL)
+		goto fail;
+	for (size_t r = 0; r < g->nroutes; r++) {
+		const struct cfg_upstream *up = &cfg->upstreams[r];
+		struct route *route = &g->routes[r];
+		route->upstream = up;
+		route->proto = proto_for(up->protocol);
+		route->pools = calloc(up->nservers, sizeof(*route->pools));
+		if (route->pools == NULL)
+			goto fail;
+		route->npools = up->nservers;
+		for (size_t i = 0; i < up->nservers; i++)
+			if ((route->pools[i] = get_pool(w, up,
+			    &up->servers[i])) == NULL)
+				goto fail;
+	}
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		struct worker_listener *wl = &g->listeners[i];
+		wl->worker = w;
+		wl->listener = &gen->listeners[i];
+		wl->route = &g->routes[wl->listener->upstream_index];
+		event_assign(&wl->accept_ev, w->base, wl->listener->fd,
+		    EV_READ | EV_PERSIST, on_accept, wl);
+		evtimer_assign(&wl->resume_ev, w->base, on_accept_resume, wl);
+	}
+	return g;
+fail:
+	free_wgen(w, g);
+	return NULL;
+}
+
+static unsigned
+wgen_clients(const struct wgen *g)
+{
+	unsigned n = 0;
+
+	for (size_t r = 0; r < g->nroutes; r++)
+		n += g->routes[r].nclients;
+	return n;
+}
+
+/* Old generations go once their last client has. */
+static void
+free_unused_gens(struct worker *w)
+{
+	struct wgen *g, *next;
+
+	for (g = TAILQ_FIRST(&w->gens); g != NULL; g = next) {
+		next = TAILQ_NEXT(g, link);
+		if (g != w->current && wgen_clients(g) == 0) {
+			log_debug("configuration generation %u retired",
+			    g->gen->id);
+			free_wgen(w, g);
+		}
+	}
+}
+
+static uint64_t
+min_client_timeout(const struct wgen *g)
+{
+	uint64_t min = 0;
+
+	for (size_t i = 0; i < g->nlisteners; i++) {
+		uint64_t t = g->listeners[i].listener->cfg->idle_timeout_ms;
+		if (t > 0 && (min == 0 || t < min))
+			min = t;
+	}
+	return min;
+}
+
+/* ---- the janitor ---------------------------------------------------------- */
 
 static void
 on_janitor(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
 	uint64_t now = clock_ms();
+	struct pool *p, *next;
+	uint64_t min = 0;
+	struct wgen *g;
 
-	for (size_t r = 0; r < w->nroutes; r++)
-		for (size_t i = 0; i < w->routes[r].npools; i++)
-			pool_tick(&w->routes[r].pools[i], now);
-	if (w->min_client_timeout_ms > 0)
-		client_expire_idle(&w->env, now, w->min_client_timeout_ms);
+	for (p = TAILQ_FIRST(&w->pools); p != NULL; p = next) {
+		next = TAILQ_NEXT(p, link);
+		pool_tick(p, now);
+	}
+	TAILQ_FOREACH(g, &w->gens, link) {
+		uint64_t t = min_client_timeout(g);
+		if (t > 0 && (min == 0 || t < min))
+			min = t;
+	}
+	if (min > 0)
+		client_expire_idle(&w->env, now, min);
+	free_unused_gens(w);
 }
+
+/* ---- stopping ------------------------------------------------------------- */
 
 static void
 close_everything(struct worker *w)
 {
 	struct client *c;
+	struct pool *p;
 
 	while ((c = TAILQ_FIRST(&w->env.clients)) != NULL)
 		client_close(c, "shutting down");
-	for (size_t r = 0; r < w->nroutes; r++)
-		for (size_t i = 0; i < w->routes[r].npools; i++)
-			pool_close_all(&w->routes[r].pools[i], CLOSE_SHUTDOWN);
+	TAILQ_FOREACH(p, &w->pools, link)
+		pool_close_all(p, CLOSE_SHUTDOWN);
 	client_reap(&w->env);
 	backend_reap(&w->backends);
 }
@@ -155,6 +333,17 @@ finish_if_drained(struct worker *w)
 		stop_loop(w);
 }
 
+static void
+stop_accepting(struct worker *w)
+{
+	struct wgen *g;
+
+	TAILQ_FOREACH(g, &w->gens, link)
+		set_accepting(g, false);
+	atomic_store(&w->accepts_stopped, true);
+	event_active(w->notify_main, EV_READ, 0);
+}
+
 /* SIGTERM, first step: no more accepts; idle clients go now, busy ones
  * when their replies are written. */
 static void
@@ -165,12 +354,7 @@ job_drain(struct worker *w, void *arg)
 	if (w->state != WORKER_RUNNING)
 		return;
 	w->state = WORKER_DRAINING;
-	for (size_t i = 0; i < w->nlisteners; i++) {
-		event_del(&w->listeners[i].accept_ev);
-		event_del(&w->listeners[i].resume_ev);
-	}
-	atomic_store(&w->accepts_stopped, true);
-	event_active(w->notify_main, EV_READ, 0);
+	stop_accepting(w);
 	for (c = TAILQ_FIRST(&w->env.clients); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, link);
 		if (c->npending == 0 && evbuffer_get_length(c->out) == 0)
@@ -191,8 +375,41 @@ job_stop_now(struct worker *w, void *arg)
 	if (w->env.nclients > 0)
 		log_warn("shutdown timeout: closing %u client(s) with replies "
 		    "still owed", w->env.nclients);
+	stop_accepting(w);
 	stop_loop(w);
 }
+
+/*
+ * Reload: new clients come in through the new generation; clients already
+ * connected keep the routes they came in on until they leave. Pools whose
+ * address stays are shared and get the new settings now.
+ */
+static void
+job_apply(struct worker *w, void *arg)
+{
+	struct generation *gen = arg;
+	struct wgen *old = w->current;
+
+	if (w->state == WORKER_RUNNING) {
+		struct wgen *g = new_wgen(w, gen);
+		if (g == NULL) {
+			log_error("reload: out of memory; keeping generation %u",
+			    old->gen->id);
+		} else {
+			set_accepting(old, false);
+			w->current = g;
+			set_accepting(g, true);
+			log_debug("serving configuration generation %u",
+			    gen->id);
+		}
+	}
+	atomic_store(&w->gen_id, gen->id);
+	event_active(w->notify_main, EV_READ, 0);
+	generation_unref(gen); /* the reference main took for this job */
+	free_unused_gens(w);
+}
+
+/* ---- the mailbox ---------------------------------------------------------- */
 
 static void
 on_mailbox(evutil_socket_t fd, short what, void *arg)
@@ -240,14 +457,29 @@ worker_request_stop(struct worker *w, bool now)
 		log_error("cannot stop worker %u: out of memory", w->id);
 }
 
+/* Hand the worker a new generation; it takes its own reference. */
+void
+worker_apply(struct worker *w, struct generation *gen)
+{
+	generation_ref(gen);
+	if (worker_post(w, job_apply, gen) == -1) {
+		log_error("reload: cannot reach worker %u: out of memory",
+		    w->id);
+		generation_unref(gen);
+	}
+}
+
+/* ---- snapshots for the control socket -------------------------------------- */
+
 static void
 snapshot_pool(const struct pool *p, uint64_t now, struct pool_snapshot *ps)
 {
+	const struct backend *b;
+
 	ps->counts[0] = p->count[BACKEND_CONNECTING];
 	ps->counts[1] = p->count[BACKEND_IDLE];
 	ps->counts[2] = p->count[BACKEND_ACTIVE];
 	ps->counts[3] = p->count[BACKEND_PROBING];
-	const struct backend *b;
 	TAILQ_FOREACH(b, &p->lists[BACKEND_ACTIVE], pool_link)
 		ps->inflight += b->ninflight;
 	TAILQ_FOREACH(b, &p->lists[BACKEND_CONNECTING], pool_link)
@@ -259,39 +491,54 @@ snapshot_pool(const struct pool *p, uint64_t now, struct pool_snapshot *ps)
 	snprintf(ps->last_error, sizeof(ps->last_error), "%s", p->last_error);
 }
 
+/* Which of the current generation's listeners a client came in on (by
+ * address, so clients of an older generation count where they belong);
+ * nlisteners for an address the current configuration no longer has. */
+static size_t
+listener_slot(const struct wgen *g, const struct client *c)
+{
+	for (size_t i = 0; i < g->nlisteners; i++)
+		if (g->listeners[i].listener->cfg == c->listener ||
+		    strcmp(g->listeners[i].listener->cfg->addr.text,
+		    c->listener->addr.text) == 0)
+			return i;
+	return g->nlisteners;
+}
+
 /*
  * Copy this worker's counters for the control socket. Runs on the worker's
  * own thread (posted as a job), so it reads without locks; the copy is the
- * only thing that crosses threads.
+ * only thing that crosses threads. Pools are listed in the order of the
+ * current configuration.
  */
 int
 worker_fill_snapshot(struct worker *w, struct worker_snapshot *s)
 {
+	const struct wgen *g = w->current;
 	uint64_t now = clock_ms();
 	const struct client *c;
 	size_t n = 0;
 
 	memset(s, 0, sizeof(*s));
 	s->id = w->id;
+	s->gen_id = g->gen->id;
 	s->stats = w->stats;
 	s->nclients = w->env.nclients;
-	for (size_t r = 0; r < w->nroutes; r++)
-		s->npools += w->routes[r].npools;
+	for (size_t r = 0; r < g->nroutes; r++)
+		s->npools += g->routes[r].npools;
 	s->pools = calloc(s->npools ? s->npools : 1, sizeof(*s->pools));
-	s->clients_per_listener = calloc(w->cfg->nlisteners + 1,
+	s->clients_per_listener = calloc(g->nlisteners + 1,
 	    sizeof(*s->clients_per_listener));
 	if (s->pools == NULL || s->clients_per_listener == NULL) {
 		worker_snapshot_free(s);
 		return -1;
 	}
-	for (size_t r = 0; r < w->nroutes; r++)
-		for (size_t i = 0; i < w->routes[r].npools; i++)
-			snapshot_pool(&w->routes[r].pools[i], now,
+	for (size_t r = 0; r < g->nroutes; r++)
+		for (size_t i = 0; i < g->routes[r].npools; i++)
+			snapshot_pool(g->routes[r].pools[i], now,
 			    &s->pools[n++]);
 	TAILQ_FOREACH(c, &w->env.clients, link) {
-		size_t l = (size_t)(c->listener - w->cfg->listeners);
-		if (l < w->cfg->nlisteners)
-			s->clients_per_listener[l]++;
+		s->clients_per_listener[listener_slot(g, c)]++;
 		if (now - c->created_ms > s->oldest_client_ms)
 			s->oldest_client_ms = now - c->created_ms;
 		if (evbuffer_get_length(c->in) > s->biggest_input)
@@ -311,71 +558,17 @@ worker_snapshot_free(struct worker_snapshot *s)
 	s->clients_per_listener = NULL;
 }
 
-static int
-init_routes(struct worker *w, char *err, size_t errlen)
-{
-	const struct config *cfg = w->cfg;
-
-	w->nroutes = cfg->nupstreams;
-	w->routes = calloc(w->nroutes, sizeof(*w->routes));
-	if (w->routes == NULL)
-		goto oom;
-	for (size_t r = 0; r < w->nroutes; r++) {
-		const struct cfg_upstream *up = &cfg->upstreams[r];
-		struct route *route = &w->routes[r];
-		route->upstream = up;
-		route->proto = proto_for(up->protocol);
-		route->npools = up->nservers;
-		route->pools = calloc(up->nservers, sizeof(*route->pools));
-		if (route->pools == NULL)
-			goto oom;
-		for (size_t i = 0; i < up->nservers; i++) {
-			struct pool *p = &route->pools[i];
-			pool_init(p, up, &up->servers[i], &daemon_pool_ops,
-			    clock_ms() * 2654435761u + w->id * 40503u + i);
-			p->worker_id = w->id;
-			p->base = w->base;
-			p->requests = &w->env.requests;
-			p->queues = &w->backends;
-		}
-	}
-	return 0;
-oom:
-	snprintf(err, errlen, "worker %u: out of memory", w->id);
-	return -1;
-}
-
-static int
-init_listeners(struct worker *w, struct listener *ls, size_t n)
-{
-	w->nlisteners = n;
-	w->listeners = calloc(n, sizeof(*w->listeners));
-	if (w->listeners == NULL)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		struct worker_listener *wl = &w->listeners[i];
-		uint64_t t = ls[i].cfg->idle_timeout_ms;
-		wl->worker = w;
-		wl->listener = &ls[i];
-		event_assign(&wl->accept_ev, w->base, ls[i].fd,
-		    EV_READ | EV_PERSIST, on_accept, wl);
-		evtimer_assign(&wl->resume_ev, w->base, on_accept_resume, w);
-		if (t > 0 && (w->min_client_timeout_ms == 0 ||
-		    t < w->min_client_timeout_ms))
-			w->min_client_timeout_ms = t;
-	}
-	return 0;
-}
+/* ---- life cycle ------------------------------------------------------------- */
 
 int
-worker_init(struct worker *w, unsigned id, const struct config *cfg,
-    struct listener *listeners, size_t nlisteners, struct event *notify_main,
-    char *err, size_t errlen)
+worker_init(struct worker *w, unsigned id, struct generation *gen,
+    struct event *notify_main, char *err, size_t errlen)
 {
 	memset(w, 0, sizeof(*w));
 	w->id = id;
-	w->cfg = cfg;
 	w->notify_main = notify_main;
+	TAILQ_INIT(&w->gens);
+	TAILQ_INIT(&w->pools);
 	snprintf(w->name, sizeof(w->name), "w%u", id);
 	pthread_mutex_init(&w->lock, NULL);
 	w->base = event_base_new();
@@ -401,12 +594,11 @@ worker_init(struct worker *w, unsigned id, const struct config *cfg,
 	w->env.stats = &w->stats;
 	TAILQ_INIT(&w->env.clients);
 	w->backends.flush_ev = flush;
-	if (init_routes(w, err, errlen) == -1)
-		return -1;
-	if (init_listeners(w, listeners, nlisteners) == -1) {
+	if ((w->current = new_wgen(w, gen)) == NULL) {
 		snprintf(err, errlen, "worker %u: out of memory", id);
 		return -1;
 	}
+	atomic_store(&w->gen_id, gen->id);
 	return 0;
 }
 
@@ -417,8 +609,7 @@ run_worker(void *arg)
 	struct timeval tick = { 0, JANITOR_INTERVAL_MS * 1000 };
 
 	log_set_thread_name(w->name);
-	for (size_t i = 0; i < w->nlisteners; i++)
-		event_add(&w->listeners[i].accept_ev, NULL);
+	set_accepting(w->current, true);
 	event_add(w->janitor, &tick);
 	event_add(w->mailbox, NULL);
 	on_janitor(-1, 0, w); /* min_idle connections open now, not in 100 ms */
@@ -453,25 +644,25 @@ worker_join(struct worker *w)
 	w->started = false;
 }
 
+/* After the thread has ended (or never started): free everything. Jobs
+ * never run drop what they hold. */
 void
 worker_free(struct worker *w)
 {
 	struct worker_job *job;
+	struct wgen *g;
 
 	if (w->base != NULL)
 		close_everything(w);
 	while ((job = w->jobs) != NULL) {
 		w->jobs = job->next;
+		if (job->fn == job_apply)
+			generation_unref(job->arg);
 		free(job);
 	}
-	for (size_t r = 0; r < w->nroutes; r++)
-		free(w->routes[r].pools);
-	free(w->routes);
-	for (size_t i = 0; i < w->nlisteners; i++) {
-		event_del(&w->listeners[i].accept_ev);
-		event_del(&w->listeners[i].resume_ev);
-	}
-	free(w->listeners);
+	w->current = NULL;
+	while ((g = TAILQ_FIRST(&w->gens)) != NULL)
+		free_wgen(w, g);
 	request_cache_clear(&w->env.requests);
 	if (w->env.scratch != NULL)
 		evbuffer_free(w->env.scratch);

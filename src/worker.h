@@ -4,8 +4,8 @@
  * Nothing on the request path is shared between workers. The single point
  * where another thread reaches in is worker_post(): a job queued under a
  * mutex and a wakeup of the worker's loop; the job then runs on the worker's
- * own thread. The main thread uses it to stop workers (and, later, to hand
- * them a new config or collect their stats).
+ * own thread. The main thread uses it to hand a worker a new configuration
+ * generation, to collect its counters, and to stop it.
  */
 #ifndef SIDEPOOL_WORKER_H
 #define SIDEPOOL_WORKER_H
@@ -20,7 +20,7 @@
 #include "backend.h"
 #include "client.h"
 #include "config.h"
-#include "listener.h"
+#include "generation.h"
 #include "stats.h"
 
 struct worker;
@@ -41,9 +41,26 @@ enum worker_state {
 struct worker_listener {
 	struct worker *worker;
 	struct listener *listener;
+	struct route *route;
 	struct event accept_ev;
 	struct event resume_ev; /* accepts paused after EMFILE */
 };
+
+/* What one worker made of one generation: its routes (pools shared with
+ * other generations where the address stays) and its accept events. The
+ * current one accepts; older ones live until their last client leaves. */
+struct wgen {
+	TAILQ_ENTRY(wgen) link;
+	struct generation *gen;
+	struct route *routes;   /* one per upstream, index as in the config */
+	size_t nroutes;
+	struct worker_listener *listeners;
+	size_t nlisteners;
+	bool accepting;
+};
+
+TAILQ_HEAD(wgen_list, wgen);
+TAILQ_HEAD(pool_list, pool);
 
 struct worker {
 	unsigned id;
@@ -51,36 +68,33 @@ struct worker {
 	pthread_t thread;
 	bool started;
 	struct event_base *base;
-	const struct config *cfg;
 	enum worker_state state;
 
-	struct worker_listener *listeners;
-	size_t nlisteners;
-	struct route *routes;   /* one per upstream, index as in the config */
-	size_t nroutes;
+	struct wgen *current;
+	struct wgen_list gens;  /* oldest first; the last is current */
+	struct pool_list pools; /* every pool of every generation */
 	struct client_env env;
 	struct backend_queues backends;
 	struct worker_stats stats;
-	uint64_t min_client_timeout_ms;
 
 	struct event *janitor;
 	struct event *mailbox;
 	pthread_mutex_t lock;   /* guards jobs, and nothing else */
 	struct worker_job *jobs;
-	/* The main thread's event, activated when this worker has stopped
-	 * accepting (accepts_stopped) and again when its thread ends (state
-	 * finished), so main knows when the listening sockets are no longer
-	 * watched by anyone and may be closed, and when to join. */
+	/* The main thread's event, activated when this worker has applied a
+	 * generation (gen_id), stopped accepting, or finished, so main knows
+	 * which listening sockets nobody watches any more and when to join. */
 	struct event *notify_main;
+	atomic_uint gen_id;
 	atomic_bool accepts_stopped;
 	atomic_bool finished;
 };
 
-int worker_init(struct worker *w, unsigned id, const struct config *cfg,
-    struct listener *listeners, size_t nlisteners, struct event *notify_main,
-    char *err, size_t errlen);
+int worker_init(struct worker *w, unsigned id, struct generation *gen,
+    struct event *notify_main, char *err, size_t errlen);
 int worker_start(struct worker *w, char *err, size_t errlen);
 int worker_post(struct worker *w, worker_job_fn *fn, void *arg);
+void worker_apply(struct worker *w, struct generation *gen);
 void worker_request_stop(struct worker *w, bool now);
 int worker_fill_snapshot(struct worker *w, struct worker_snapshot *s);
 void worker_snapshot_free(struct worker_snapshot *s);

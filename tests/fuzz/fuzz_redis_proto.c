@@ -191,7 +191,8 @@ size_close(struct req_run *r)
 /*
  * K1, K2: an inline line (the head is not a '*') already whole in the
  * buffer that is longer than max_line_length, or that with its "\n" is
- * larger than max_request_size. Arriving in pieces, it closes the client.
+ * larger than max_request_size. Arriving in pieces, it closes the client;
+ * so does a multibulk request larger than max_request_size (req_drive).
  */
 static bool
 inline_too_big(struct req_run *r)
@@ -217,6 +218,9 @@ req_drive(struct req_run *r)
 		CHECK(evbuffer_get_length(r->scratch) == 0);
 		too_big = inline_too_big(r);
 		v = P->parse_request(r->state, r->in, r->lim, &ri);
+		if (v != PV_NEED_MORE && v != PV_ERROR_CLOSE &&
+		    ri.len > r->lim->max_request_size)
+			too_big = true;
 		if (too_big && v != PV_ERROR_CLOSE) {
 			KNOWN_BUG(K1_K2);
 			evbuffer_drain(r->scratch,
@@ -238,12 +242,6 @@ req_drive(struct req_run *r)
 			CHECK(fwd != NULL);
 			CHECK(evbuffer_get_length(r->scratch) == 0);
 			CHECK(ri.len > 0 && ri.len <= evbuffer_get_length(r->in));
-			if (ri.len > r->lim->max_request_size) {
-				KNOWN_BUG(K1);
-				evbuffer_free(fwd);
-				size_close(r);
-				return;
-			}
 			CHECK(evbuffer_remove_buffer(r->in, fwd, ri.len) ==
 			    (int)ri.len);
 			check_forwarded(r->lim, fwd);

@@ -543,6 +543,11 @@ _OPENED = object()
 _END = object()
 
 
+def _short(values, limit=300):
+    text = repr(values)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class RespClient:
     """A RESP client over one socket (TCP or unix). Every read has a
     deadline: a hung proxy fails the test instead of hanging it.
@@ -616,7 +621,11 @@ class RespClient:
             if v is not RespReader.NOTHING:
                 out.append(v)
                 continue
-            self._recv(deadline)
+            try:
+                self._recv(deadline)
+            except (ConnectionClosed, TimeoutError) as e:
+                raise type(e)("%s; after %d of %d replies: %s" % (
+                    e, len(out), n, _short(out))) from None
         return out
 
     def call(self, *args, timeout=None):

@@ -131,8 +131,6 @@ def error_exit_codes():
     assert code == 1 and out.startswith("error:"), (code, out)
     code, out, _ = ctl(sp, "--json", "frobnicate")
     assert code == 1 and "error" in json.loads(out)
-    code, _, _ = ctl(sp, "reload")
-    assert code == 1
     p = subprocess.run([CTL], capture_output=True, timeout=10)
     assert p.returncode == 2, p.returncode
     p = subprocess.run([CTL, "-s", os.path.join(sp.tmp, "nope.sock"), "status"],

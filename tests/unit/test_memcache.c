@@ -463,6 +463,10 @@ START_TEST(reply_lines_are_classified)
 	ck_assert(rl.code == MC_R_VALUE && !rl.has_len);
 	mc_reply_classify("VALUE k 0 5x", 12, &rl);
 	ck_assert(!rl.has_len);
+	mc_reply_classify("VALUE k 0 2147483647", 20, &rl);
+	ck_assert(rl.has_len && rl.len == INT32_MAX);
+	mc_reply_classify("VALUE k 0 2147483648", 20, &rl);
+	ck_assert(!rl.has_len);
 	mc_reply_classify("VA 12 f0 c3", 11, &rl);
 	ck_assert(rl.code == MC_R_VA && rl.has_len && rl.len == 12);
 	mc_reply_classify("END", 3, &rl);
@@ -783,23 +787,20 @@ END_TEST
 
 START_TEST(too_large_default_swallows_without_buffering)
 {
+	struct cfg_limits lim = limits_default();
 	struct evbuffer *log;
-	char *req;
 	size_t n, len = 3 * 1024 * 1024;
+	char *req = malloc(len + 64);
 	const char want[] =
 	    "L:SERVER_ERROR object too large for cache\r\n|S3145730|"
 	    "F1:get:get k\r\n|";
 
-	req = malloc(len + 64);
 	n = (size_t)sprintf(req, "set k 0 0 %zu\r\n", len);
 	memset(req + n, 'x', len);
 	n += len;
 	n += (size_t)sprintf(req + n, "\r\nget k\r\n");
-	log = req_run_pieces(req, n, 16384, 0, &(struct cfg_limits){
-	    .max_request_size = MC_DEFAULT_MAX_REQUEST,
-	    .max_value_size = MC_DEFAULT_MAX_VALUE,
-	    .max_args = MC_DEFAULT_MAX_ARGS,
-	    .max_line_length = MC_DEFAULT_MAX_LINE });
+	/* 16 KB at a time: each piece is dropped as it comes */
+	log = req_run_pieces(req, n, 16384, 0, &lim);
 	ck_assert(log_equals(log, want, sizeof(want) - 1));
 	evbuffer_free(log);
 	free(req);
@@ -1424,6 +1425,168 @@ START_TEST(reply_one_megabyte_value_in_16k_chunks)
 END_TEST
 
 /* ===================================================================== */
+/* random input: however it is split, the same transcript */
+
+static uint32_t rng_state;
+
+static uint32_t
+rng(uint32_t n)
+{
+	rng_state = rng_state * 1103515245u + 12345u;
+	return (rng_state >> 8) % n;
+}
+
+/* Lines made of real commands, flags and bad numbers, data blocks of
+ * roughly the right length, and the odd raw byte. */
+static size_t
+random_requests(char *buf, size_t cap)
+{
+	static const char *const words[] = {
+		"get", "gets", "gat", "set", "add", "cas", "incr", "delete",
+		"touch", "mg", "ms", "md", "ma", "mn", "me", "stats", "version",
+		"verbosity", "flush_all", "watch", "quit", "k", "noreply", "q",
+		"v", "O1", "T0", "0", "1", "3", "-1", "+2", "4294967299", "abc",
+		"2147483646", "\t", "qq",
+	};
+	size_t n = 0;
+
+	while (n + 64 < cap) {
+		uint32_t i, nw = 1 + rng(6);
+
+		if (rng(4) == 0) {
+			/* a well-formed storage line, sometimes over the limit */
+			n += (size_t)snprintf(buf + n, cap - n, "%s %u%s\r\n",
+			    rng(2) ? "set k 0 0" : "ms k", rng(9),
+			    rng(3) == 0 ? (rng(2) ? " noreply" : " q") : "");
+			nw = 0;
+		}
+		for (i = 0; i < nw && n + 32 < cap; i++) {
+			const char *w = words[rng(sizeof(words) / sizeof(words[0]))];
+
+			if (i > 0)
+				buf[n++] = ' ';
+			memcpy(buf + n, w, strlen(w));
+			n += strlen(w);
+		}
+		if (rng(25) == 0)
+			buf[n++] = (char)rng(256);
+		if (rng(4) != 0)
+			buf[n++] = '\r';
+		buf[n++] = '\n';
+		for (i = rng(3) == 0 ? rng(7) : 0; i > 0 && n + 8 < cap; i--)
+			buf[n++] = "xy\r\n"[rng(4)];
+		if (rng(2) == 0 && n + 8 < cap) {
+			buf[n++] = '\r';
+			buf[n++] = '\n';
+		}
+		if (rng(3) == 0)
+			break;
+	}
+	return n;
+}
+
+static struct evbuffer *
+req_run_random_pieces(const char *data, size_t len,
+    const struct cfg_limits *lim)
+{
+	struct req_run r;
+	size_t off = 0, n;
+
+	memset(&r, 0, sizeof(r));
+	r.state = calloc(1, P->req_state_size);
+	P->req_init(r.state);
+	r.in = evbuffer_new();
+	r.log = evbuffer_new();
+	while (off < len && !r.closed) {
+		n = 1 + rng(9);
+		if (n > len - off)
+			n = len - off;
+		evbuffer_add(r.in, data + off, n);
+		off += n;
+		req_drive(&r, lim);
+	}
+	log_skipped(&r);
+	if (!r.closed && evbuffer_get_length(r.in) > 0)
+		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
+	evbuffer_free(r.in);
+	free(r.state);
+	return r.log;
+}
+
+START_TEST(random_requests_split_anywhere_give_the_same_verdicts)
+{
+	struct cfg_limits lim = limits_default();
+	char buf[1024];
+	int iter;
+
+	lim.max_value_size = 5;
+	lim.max_line_length = 40;
+	lim.max_request_size = 120;
+	rng_state = 20230118;
+	for (iter = 0; iter < 3000; iter++) {
+		size_t n = random_requests(buf, sizeof(buf));
+		struct evbuffer *one = req_run_pieces(buf, n, 0, 0, &lim);
+		struct evbuffer *many = req_run_random_pieces(buf, n, &lim);
+		size_t len = evbuffer_get_length(one);
+
+		ck_assert_msg(log_equals(many,
+		    len ? (const char *)evbuffer_pullup(one, -1) : "", len),
+		    "iteration %d", iter);
+		evbuffer_free(one);
+		evbuffer_free(many);
+	}
+}
+END_TEST
+
+START_TEST(random_replies_split_anywhere_give_the_same_framing)
+{
+	static const char *const lines[] = {
+		"STORED", "END", "VALUE k 0 3", "VALUE k 0 x", "VA 2 f0", "VA x",
+		"HD", "EN", "NF", "STAT a 1", "ITEM k", "RESET", "ERROR",
+		"SERVER_ERROR x", "MN", "42",
+	};
+	uint32_t pf[64];
+	char buf[2048];
+	int iter;
+	size_t i;
+
+	rng_state = 424242;
+	for (iter = 0; iter < 3000; iter++) {
+		struct evbuffer *one, *two, *small;
+		size_t n = 0, len;
+		const char *want;
+
+		for (i = 0; i < 64; i++)
+			pf[i] = rng(4) | (rng(4) == 0 ? MC_PF_DROP_EN |
+			    MC_PF_DROP_HD : 0) | (rng(8) == 0 ? MC_PF_NOREPLY : 0);
+		while (n + 40 < sizeof(buf) && rng(12) != 0) {
+			const char *l = lines[rng(sizeof(lines) / sizeof(lines[0]))];
+
+			memcpy(buf + n, l, strlen(l));
+			n += strlen(l);
+			memcpy(buf + n, "\r\n", 2);
+			n += 2;
+			while (rng(3) == 0 && n + 1 < sizeof(buf))
+				buf[n++] = "ab\r\nE"[rng(5)];
+		}
+		one = reply_run_pieces(buf, n, pf, 64, 0, 0);
+		len = evbuffer_get_length(one);
+		want = len ? (const char *)evbuffer_pullup(one, -1) : "";
+		if (n > 1) {
+			two = reply_run_pieces(buf, n, pf, 64, 0,
+			    1 + rng((uint32_t)n - 1));
+			ck_assert_msg(log_equals(two, want, len), "iter %d", iter);
+			evbuffer_free(two);
+		}
+		small = reply_run_pieces(buf, n, pf, 64, 1 + rng(5), 0);
+		ck_assert_msg(log_equals(small, want, len), "iter %d", iter);
+		evbuffer_free(small);
+		evbuffer_free(one);
+	}
+}
+END_TEST
+
+/* ===================================================================== */
 /* the rest of the table */
 
 START_TEST(error_reply_in_memcached_words)
@@ -1570,6 +1733,10 @@ memcache_suite(void)
 	tcase_add_test(stream,
 	    one_megabyte_value_in_16k_chunks_is_counted_not_scanned);
 	tcase_add_test(stream, long_get_line_is_searched_once);
+	tcase_add_test(stream,
+	    random_requests_split_anywhere_give_the_same_verdicts);
+	tcase_add_test(stream,
+	    random_replies_split_anywhere_give_the_same_framing);
 	tcase_set_timeout(stream, 60);
 	suite_add_tcase(s, stream);
 

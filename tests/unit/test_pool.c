@@ -384,6 +384,30 @@ START_TEST(test_connections_retire_after_max_lifetime_staggered)
 }
 END_TEST
 
+START_TEST(test_failures_of_old_connections_do_not_grow_the_backoff)
+{
+	pool_record_failure(&pool, fake_now, true, "refused");
+	uint64_t backoff = pool.backoff_ms, at = pool.retry_at_ms;
+	/* the eight connections open at the time fail right after */
+	for (int i = 0; i < 8; i++)
+		pool_record_failure(&pool, fake_now, false, "reset");
+	ck_assert_uint_eq(pool.backoff_ms, backoff);
+	ck_assert_uint_eq(pool.retry_at_ms, at);
+}
+END_TEST
+
+START_TEST(test_down_server_with_idle_connection_is_retried_by_probing_it)
+{
+	make_idle(1);
+	pool_record_failure(&pool, fake_now, true, "LOADING");
+	ck_assert(pool.down);
+	pool_tick(&pool, pool.retry_at_ms);
+	ck_assert_int_eq(nprobes, 1);
+	ck_assert_int_eq(fakes[0]->state, BACKEND_PROBING);
+	ck_assert_int_eq(nfakes, 1); /* no new connection was needed */
+}
+END_TEST
+
 static Suite *
 pool_suite(void)
 {
@@ -412,6 +436,8 @@ pool_suite(void)
 	tcase_add_test(tc, test_unanswered_probe_closes_connection);
 	tcase_add_test(tc, test_min_idle_connections_are_opened_and_kept);
 	tcase_add_test(tc, test_connections_retire_after_max_lifetime_staggered);
+	tcase_add_test(tc, test_failures_of_old_connections_do_not_grow_the_backoff);
+	tcase_add_test(tc, test_down_server_with_idle_connection_is_retried_by_probing_it);
 	suite_add_tcase(s, tc);
 	return s;
 }
