@@ -175,8 +175,10 @@ complete_request(struct backend *b, struct request *req, size_t len,
 	b->ninflight--;
 	req->backend = NULL;
 	if (errmsg == NULL) {
+		uint64_t us = clock_us() - req->sent_us;
 		p->stats.replies++;
-		latency_record(p->stats.latency, clock_us() - req->sent_us);
+		p->stats.latency_sum_us += us;
+		latency_record(p->stats.latency, us);
 	}
 	if (req->client == NULL) {
 		/* Its client left: read and discard, stay in step. */

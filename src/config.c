@@ -1597,10 +1597,63 @@ apply_control(struct scope *sc, const char *key, yaml_node_t *v)
 		walk_mapping(&sub, v, control_rules, NITEMS(control_rules));
 }
 
+/* The metrics endpoint has no authentication: loopback only. */
+static bool
+is_loopback(const struct cfg_addr *a)
+{
+	if (a->family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)&a->sa;
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (a->family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)&a->sa;
+		return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+	}
+	return false;
+}
+
+static void
+apply_metrics_listen(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct config	*cfg = sc->ld->cfg;
+	const char	*s;
+	char		 err[256];
+
+	if ((s = get_scalar(sc, key, v, "a loopback address")) == NULL)
+		return;
+	if (config_parse_addr(s, &cfg->metrics_addr, err, sizeof(err)) != 0) {
+		err_at(sc->ld, v->start_mark, "bad metrics address '%s': %s", s,
+		    err);
+		return;
+	}
+	if (!is_loopback(&cfg->metrics_addr)) {
+		err_at(sc->ld, v->start_mark, "metrics address '%s' is not a "
+		    "loopback TCP address (the endpoint has no authentication; "
+		    "use 127.0.0.1:PORT or [::1]:PORT)", s);
+		return;
+	}
+	cfg->has_metrics = true;
+}
+
+static const struct key_rule metrics_rules[] = {
+	{ "listen", apply_metrics_listen },
+};
+
+static void
+apply_metrics(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct scope	 sub = { sc->ld, " in metrics", NULL };
+
+	if (require_type(sc, key, v, YAML_MAPPING_NODE,
+	    "a mapping with listen"))
+		walk_mapping(&sub, v, metrics_rules, NITEMS(metrics_rules));
+}
+
 static const struct key_rule top_rules[] = {
 	{ "workers", apply_workers },
 	{ "log", apply_log },
 	{ "control", apply_control },
+	{ "metrics", apply_metrics },
 	{ "pid_file", apply_pid_file },
 	{ "shutdown_timeout", apply_shutdown_timeout },
 	{ "listeners", apply_listeners },

@@ -89,6 +89,8 @@ struct config {
 	char *pid_file;    /* NULL: none */
 	char *control_path; /* the control socket; NULL: none */
 	mode_t control_mode; /* default 0600: only the daemon's user */
+	bool has_metrics;   /* Prometheus text on metrics_addr (loopback) */
+	struct cfg_addr metrics_addr;
 	uint64_t shutdown_timeout_ms;
 
 	struct cfg_listener *listeners;

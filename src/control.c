@@ -24,6 +24,7 @@
 #include "build_config.h"
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "stats.h"
 #include "worker.h"
@@ -53,6 +54,7 @@ struct ctl_conn {
 	struct evbuffer *out;
 	const struct ctl_command *cmd;
 	bool json;
+	bool http;              /* a Prometheus scrape, not a command line */
 	bool gathering;
 	atomic_uint pending;
 	struct worker_snapshot *snaps;
@@ -71,6 +73,8 @@ struct control {
 	dev_t dev;
 	ino_t ino;
 	struct event *accept_ev;
+	int metrics_fd;             /* -1: no metrics endpoint */
+	struct event *metrics_ev;
 	TAILQ_HEAD(, ctl_conn) conns;
 };
 
@@ -164,62 +168,17 @@ reply_error(struct ctl_conn *cc, const char *msg)
 
 /* ---- merged views of the workers' snapshots ------------------------------ */
 
-/* The same pool (upstream u, server s) across all workers. */
 static void
 merge_pool(struct ctl_conn *cc, size_t index, struct pool_snapshot *m,
     unsigned *down_workers)
 {
-	memset(m, 0, sizeof(*m));
-	*down_workers = 0;
-	for (unsigned w = 0; w < cc->ctl->nworkers; w++) {
-		const struct pool_snapshot *p = &cc->snaps[w].pools[index];
-		for (int i = 0; i < 4; i++)
-			m->counts[i] += p->counts[i];
-		m->inflight += p->inflight;
-		m->stats.opened += p->stats.opened;
-		for (int i = 0; i < CLOSE_REASON_COUNT; i++)
-			m->stats.closed[i] += p->stats.closed[i];
-		m->stats.requests += p->stats.requests;
-		m->stats.replies += p->stats.replies;
-		m->stats.errors += p->stats.errors;
-		m->stats.probes += p->stats.probes;
-		m->stats.marked_down += p->stats.marked_down;
-		m->stats.fast_failures += p->stats.fast_failures;
-		m->stats.bytes_sent += p->stats.bytes_sent;
-		m->stats.bytes_received += p->stats.bytes_received;
-		for (int i = 0; i < LATENCY_BUCKETS; i++)
-			m->stats.latency[i] += p->stats.latency[i];
-		if (p->down) {
-			(*down_workers)++;
-			if (p->down_for_ms > m->down_for_ms)
-				m->down_for_ms = p->down_for_ms;
-			m->down = true;
-		}
-		if (p->failures > m->failures)
-			m->failures = p->failures;
-		if (p->last_error[0] != '\0')
-			snprintf(m->last_error, sizeof(m->last_error), "%s",
-			    p->last_error);
-	}
+	stats_merge_pool(cc->snaps, cc->ctl->nworkers, index, m, down_workers);
 }
 
 static void
 merge_workers(struct ctl_conn *cc, struct worker_stats *t, unsigned *nclients)
 {
-	memset(t, 0, sizeof(*t));
-	*nclients = 0;
-	for (unsigned w = 0; w < cc->ctl->nworkers; w++) {
-		const struct worker_stats *s = &cc->snaps[w].stats;
-		t->clients_accepted += s->clients_accepted;
-		t->clients_closed += s->clients_closed;
-		t->clients_rejected += s->clients_rejected;
-		t->requests += s->requests;
-		t->local_replies += s->local_replies;
-		t->protocol_errors += s->protocol_errors;
-		t->bytes_in += s->bytes_in;
-		t->bytes_out += s->bytes_out;
-		*nclients += cc->snaps[w].nclients;
-	}
+	stats_merge_workers(cc->snaps, cc->ctl->nworkers, t, nclients);
 }
 
 /* Call fn for every (upstream, server) pair, with its pool index. */
@@ -686,6 +645,16 @@ cmd_reload(struct ctl_conn *cc)
 	}
 }
 
+static void
+cmd_metrics(struct ctl_conn *cc)
+{
+	metrics_format(cc->out, cc->ctl->cfg, cc->snaps, cc->ctl->nworkers);
+}
+
+static const struct ctl_command metrics_command = {
+	"metrics", true, cmd_metrics, "Prometheus text"
+};
+
 static const struct ctl_command commands[] = {
 	{ "help", false, cmd_help, "this list" },
 	{ "version", false, cmd_version, "the running version" },
@@ -700,6 +669,7 @@ static const struct ctl_command commands[] = {
 	{ "workers", true, cmd_workers, "clients, requests and connections per "
 	    "worker" },
 	{ "config", false, cmd_config, "the running configuration" },
+	{ "metrics", true, cmd_metrics, "the counters as Prometheus text" },
 	{ "reload", false, cmd_reload, "apply the configuration file again "
 	    "(as SIGHUP): clients stay connected" },
 };
@@ -784,11 +754,30 @@ on_conn_write(evutil_socket_t fd, short what, void *arg)
 	free_conn(cc);
 }
 
+/* An HTTP answer: status line and headers go in front of the body. */
+static void
+wrap_http(struct ctl_conn *cc, int status, const char *reason)
+{
+	struct evbuffer *head = evbuffer_new();
+
+	if (head == NULL)
+		return;
+	evbuffer_add_printf(head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+	    "Content-Length: %zu\r\nConnection: close\r\n\r\n", status, reason,
+	    status == 200 ? "text/plain; version=0.0.4; charset=utf-8" :
+	    "text/plain; charset=utf-8", evbuffer_get_length(cc->out));
+	evbuffer_prepend_buffer(cc->out, head);
+	evbuffer_free(head);
+}
+
 /* The answer is complete: write it, then close. */
 static void
 finish(struct ctl_conn *cc)
 {
 	struct timeval tv = { CTL_TIMEOUT_S, 0 };
+
+	if (cc->http && cc->cmd == &metrics_command)
+		wrap_http(cc, 200, "OK");
 
 	event_del(cc->rev);
 	event_add(cc->wev, &tv);
@@ -880,6 +869,50 @@ run_line(struct ctl_conn *cc, char *line)
 	finish(cc);
 }
 
+/* A scrape: "GET /metrics HTTP/1.x", headers, an empty line. Anything
+ * else gets a short HTTP error; the connection closes after one answer. */
+static void
+run_http(struct ctl_conn *cc, const char *req)
+{
+	char method[8], path[64];
+
+	event_del(cc->rev);
+	if (sscanf(req, "%7s %63s", method, path) != 2 ||
+	    (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)) {
+		evbuffer_add_printf(cc->out, "only GET /metrics here\n");
+		wrap_http(cc, 405, "Method Not Allowed");
+		finish(cc);
+		return;
+	}
+	path[strcspn(path, "?")] = '\0';
+	if (strcmp(path, "/metrics") != 0) {
+		evbuffer_add_printf(cc->out, "try /metrics\n");
+		wrap_http(cc, 404, "Not Found");
+		finish(cc);
+		return;
+	}
+	cc->cmd = &metrics_command;
+	start_gather(cc);
+}
+
+static void
+on_http_read(struct ctl_conn *cc, ssize_t n)
+{
+	struct evbuffer_ptr end = evbuffer_search(cc->in, "\r\n\r\n", 4, NULL);
+
+	if (end.pos < 0)
+		end = evbuffer_search(cc->in, "\n\n", 2, NULL);
+	if (end.pos < 0) {
+		if (n <= 0 || evbuffer_get_length(cc->in) >= CTL_LINE_MAX * 8)
+			free_conn(cc);
+		return;
+	}
+	size_t len = evbuffer_get_length(cc->in);
+	char *req = (char *)evbuffer_pullup(cc->in, (ev_ssize_t)len);
+	req[end.pos] = '\0';
+	run_http(cc, req);
+}
+
 static void
 on_conn_read(evutil_socket_t fd, short what, void *arg)
 {
@@ -893,6 +926,10 @@ on_conn_read(evutil_socket_t fd, short what, void *arg)
 	ssize_t n = net_read(cc->in, cc->fd, CTL_LINE_MAX);
 	if (n == -1 && (errno == EAGAIN || errno == EINTR))
 		return;
+	if (cc->http) {
+		on_http_read(cc, n);
+		return;
+	}
 	char *line = evbuffer_readln(cc->in, &len, EVBUFFER_EOL_LF);
 	if (line == NULL && n > 0 && evbuffer_get_length(cc->in) < CTL_LINE_MAX)
 		return; /* no newline yet */
@@ -925,7 +962,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	struct timeval tv = { CTL_TIMEOUT_S, 0 };
 	int fd;
 
-	if (net_accept(ctl->fd, &fd) == -1)
+	if (net_accept(lfd, &fd) == -1)
 		return;
 	struct ctl_conn *cc = calloc(1, sizeof(*cc));
 	if (cc == NULL) {
@@ -934,6 +971,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	}
 	cc->ctl = ctl;
 	cc->fd = fd;
+	cc->http = lfd == ctl->metrics_fd;
 	TAILQ_INSERT_TAIL(&ctl->conns, cc, link);
 	cc->in = evbuffer_new();
 	cc->out = evbuffer_new();
@@ -947,6 +985,56 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 		return;
 	}
 	event_add(cc->rev, &tv);
+}
+
+static int
+open_control(struct control *ctl, char *err, size_t errlen)
+{
+	const struct config *cfg = ctl->cfg;
+	struct cfg_addr *addr = &ctl->addr;
+	char why[256] = "not a unix socket path";
+
+	if (config_parse_addr(cfg->control_path, addr, why, sizeof(why)) ==
+	    -1 || addr->family != AF_UNIX) {
+		snprintf(err, errlen, "control socket %s: %s",
+		    cfg->control_path, why);
+		return -1;
+	}
+	ctl->fd = net_listen(addr, 16, cfg->control_mode, err, errlen);
+	if (ctl->fd == -1)
+		return -1;
+	if (net_unix_identity(addr, &ctl->dev, &ctl->ino) == -1)
+		ctl->dev = 0;
+	ctl->accept_ev = event_new(ctl->base, ctl->fd, EV_READ | EV_PERSIST,
+	    on_accept, ctl);
+	if (ctl->accept_ev == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	event_add(ctl->accept_ev, NULL);
+	log_info("control socket on %s (mode %04o)", addr->text,
+	    (unsigned)cfg->control_mode);
+	return 0;
+}
+
+/* Prometheus scrapes: plain HTTP on a loopback address, the same data. */
+static int
+open_metrics(struct control *ctl, char *err, size_t errlen)
+{
+	ctl->metrics_fd = net_listen(&ctl->cfg->metrics_addr, 64, 0, err,
+	    errlen);
+	if (ctl->metrics_fd == -1)
+		return -1;
+	ctl->metrics_ev = event_new(ctl->base, ctl->metrics_fd,
+	    EV_READ | EV_PERSIST, on_accept, ctl);
+	if (ctl->metrics_ev == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	event_add(ctl->metrics_ev, NULL);
+	log_info("Prometheus metrics on http://%s/metrics",
+	    ctl->cfg->metrics_addr.text);
+	return 0;
 }
 
 void
@@ -964,48 +1052,26 @@ control_open(const struct config *cfg, struct event_base *base,
     struct worker *workers, unsigned nworkers, control_reload_fn *reload,
     void *reload_arg, char *err, size_t errlen)
 {
-	char why[256] = "not a unix socket path";
-
-	if (cfg->control_path == NULL)
-		return NULL;
 	struct control *ctl = calloc(1, sizeof(*ctl));
+
 	if (ctl == NULL) {
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
 	ctl->cfg = cfg;
+	ctl->fd = -1;
+	ctl->metrics_fd = -1;
 	ctl->reload = reload;
 	ctl->reload_arg = reload_arg;
 	ctl->base = base;
 	ctl->workers = workers;
 	ctl->nworkers = nworkers;
 	TAILQ_INIT(&ctl->conns);
-	struct cfg_addr *addr = &ctl->addr;
-	ctl->fd = -1;
-	if (config_parse_addr(cfg->control_path, addr, why, sizeof(why)) ==
-	    -1 || addr->family != AF_UNIX) {
-		snprintf(err, errlen, "control socket %s: %s",
-		    cfg->control_path, why);
-		free(ctl);
-		return NULL;
-	}
-	ctl->fd = net_listen(addr, 16, cfg->control_mode, err, errlen);
-	if (ctl->fd == -1) {
-		free(ctl);
-		return NULL;
-	}
-	if (net_unix_identity(addr, &ctl->dev, &ctl->ino) == -1)
-		ctl->dev = 0;
-	ctl->accept_ev = event_new(base, ctl->fd, EV_READ | EV_PERSIST,
-	    on_accept, ctl);
-	if (ctl->accept_ev == NULL) {
-		snprintf(err, errlen, "out of memory");
+	if ((cfg->control_path != NULL && open_control(ctl, err, errlen) == -1) ||
+	    (cfg->has_metrics && open_metrics(ctl, err, errlen) == -1)) {
 		control_close(ctl);
 		return NULL;
 	}
-	event_add(ctl->accept_ev, NULL);
-	log_info("control socket on %s (mode %04o)", addr->text,
-	    (unsigned)cfg->control_mode);
 	return ctl;
 }
 
@@ -1021,6 +1087,10 @@ control_close(struct control *ctl)
 		free_conn(cc);
 	if (ctl->accept_ev != NULL)
 		event_free(ctl->accept_ev);
+	if (ctl->metrics_ev != NULL)
+		event_free(ctl->metrics_ev);
+	if (ctl->metrics_fd != -1)
+		close(ctl->metrics_fd);
 	if (ctl->fd != -1) {
 		net_unlink_unix(&ctl->addr, ctl->dev, ctl->ino);
 		close(ctl->fd);

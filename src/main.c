@@ -416,7 +416,7 @@ run(struct daemon *d, struct config *cfg)
 	/* The control socket exists before any listener accepts, so whoever
 	 * sees sidepool serving can also ask it how it is. Its commands run
 	 * only from the main loop, once the workers are up. */
-	if (cfg->control_path != NULL) {
+	if (cfg->control_path != NULL || cfg->has_metrics) {
 		d->control = control_open(cfg, d->base, d->workers,
 		    cfg->workers, reload_from_control, d, err, sizeof(err));
 		if (d->control == NULL) {

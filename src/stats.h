@@ -46,6 +46,7 @@ struct pool_stats {
 	uint64_t bytes_sent;    /* to the server */
 	uint64_t bytes_received;
 	uint64_t latency[LATENCY_BUCKETS];
+	uint64_t latency_sum_us;
 };
 
 void latency_record(uint64_t *buckets, uint64_t us);
@@ -87,5 +88,10 @@ struct worker_snapshot {
 	size_t npools;
 };
 
+
+void stats_merge_pool(const struct worker_snapshot *snaps, unsigned n,
+    size_t index, struct pool_snapshot *m, unsigned *down_workers);
+void stats_merge_workers(const struct worker_snapshot *snaps, unsigned n,
+    struct worker_stats *t, unsigned *nclients);
 
 #endif

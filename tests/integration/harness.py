@@ -18,7 +18,6 @@ Environment:
 """
 
 import atexit
-import errno
 import os
 import re
 import selectors

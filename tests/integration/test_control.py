@@ -174,3 +174,74 @@ def control_socket_removed_at_exit():
 
 if __name__ == "__main__":
     h.run()
+
+
+def scrape(addr, path="/metrics"):
+    import urllib.request
+    import urllib.error
+    try:
+        with urllib.request.urlopen("http://%s%s" % (addr, path), timeout=10) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, None, ""
+
+
+SAMPLE = __import__("re").compile(
+    r'^(sidepool_[a-z_]+)(\{([a-z_]+="[^"\\\n]*")(,[a-z_]+="[^"\\\n]*")*\})? '
+    r'(-?[0-9.e+]+|\+Inf)$')
+
+
+def parse_prometheus(text):
+    """A strict check of the text format: HELP and TYPE before each family,
+    every sample well formed, histogram buckets cumulative."""
+    families, samples = {}, []
+    for ln in text.splitlines():
+        if ln.startswith("# HELP "):
+            families.setdefault(ln.split()[2], {})["help"] = True
+        elif ln.startswith("# TYPE "):
+            _, _, name, kind = ln.split()
+            assert kind in ("counter", "gauge", "histogram"), ln
+            families.setdefault(name, {})["type"] = kind
+        else:
+            m = SAMPLE.match(ln)
+            assert m, "malformed sample line: %r" % ln
+            name = m.group(1)
+            base = name
+            for suffix in ("_bucket", "_sum", "_count"):
+                if name.endswith(suffix) and name[:-len(suffix)] in families:
+                    base = name[:-len(suffix)]
+            assert base in families and "type" in families[base], \
+                "sample before its TYPE: %r" % ln
+            samples.append((name, m.group(2) or "", float(m.group(5))))
+    for name, f in families.items():
+        assert f.get("help") and f.get("type"), "family %s lacks HELP or TYPE" % name
+    return samples
+
+
+@h.test("Prometheus /metrics on loopback: valid text format, counters follow traffic, "
+        "histogram buckets cumulative; other paths 404")
+def prometheus_metrics():
+    r = h.RedisServer()
+    port = h.free_port()
+    cfg = h.redis_config([r], listen=[h.AUTO_TCP], workers=2)
+    cfg["metrics"] = {"listen": "127.0.0.1:%d" % port}
+    sp = h.Sidepool(cfg)
+    addr = "127.0.0.1:%d" % port
+    status, ctype, body = scrape(addr)
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4"), (status, ctype)
+    before = {(n, l): v for n, l, v in parse_prometheus(body)}
+    with sp.client(0) as c:
+        for i in range(40):
+            assert c.call("SET", "m%d" % i, "x") == "OK"
+    _, _, body = scrape(addr)
+    samples = parse_prometheus(body)
+    after = {(n, l): v for n, l, v in samples}
+    key = [k for k in after if k[0] == "sidepool_server_requests_total"][0]
+    assert after[key] - before.get(key, 0) == 40, (before.get(key), after[key])
+    buckets = [v for n, l, v in samples if n == "sidepool_server_reply_seconds_bucket"]
+    assert buckets == sorted(buckets), "buckets are not cumulative"
+    count = [v for n, l, v in samples if n == "sidepool_server_reply_seconds_count"][0]
+    assert buckets[-1] == count >= 40
+    up = [v for n, l, v in samples if n == "sidepool_server_up"]
+    assert up == [1.0], up
+    assert scrape(addr, "/other")[0] == 404

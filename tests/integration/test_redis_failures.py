@@ -13,6 +13,7 @@ import random
 import sys
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -86,8 +87,7 @@ class Load:
                         self.errors[i] += nerr
                         self.clean_since[i] = 0 if nerr else self.clean_since[i] + 1
                     b += 1
-        except BaseException as e:  # noqa: BLE001
-            import traceback
+        except BaseException:  # noqa: BLE001
             self.failures.append((i, traceback.format_exc()))
 
     def set_mark(self):
@@ -218,8 +218,8 @@ def nothing_listening():
         assert sidepool_error(got[0]) and got[1] == "PONG" and sidepool_error(got[2]) \
             and got[3] == b"e" and sidepool_error(got[4]), "pipeline got %r" % (got,)
         expect_pong(c, "after the errors")
-    # a server appears on that port: the same connection succeeds
-    r = h.RedisServer(port=port)
+    # a server appears on that port: requests succeed (after the retry backoff)
+    h.RedisServer(port=port)
     with sp.client(timeout=5) as c2:
         h.poll_until(lambda: c2.call("SET", "k", "v") == "OK", h.scale(10),
                      what="SET to succeed once redis listens")

@@ -962,6 +962,35 @@ START_TEST(test_pool_size_above_max_connections_is_refused)
 }
 END_TEST
 
+START_TEST(test_metrics_endpoint_must_be_loopback)
+{
+	struct config *cfg = load_ok(MINIMAL
+	    "metrics:\n  listen: 127.0.0.1:9187\n");
+	ck_assert(cfg->has_metrics);
+	ck_assert_str_eq(cfg->metrics_addr.text, "127.0.0.1:9187");
+	config_free(cfg);
+	expect_error(MINIMAL "metrics:\n  listen: 10.1.2.3:9187\n",
+	    "test.yml:10:11: ", "not a loopback", "no authentication", NULL);
+	expect_error(MINIMAL "metrics:\n  listen: unix:/tmp/m.sock\n",
+	    "test.yml:10:11: ", "not a loopback", NULL);
+}
+END_TEST
+
+START_TEST(test_control_socket_path_and_mode)
+{
+	struct config *cfg = load_ok(MINIMAL
+	    "control:\n  path: /run/sidepool/control.sock\n");
+	ck_assert_str_eq(cfg->control_path, "/run/sidepool/control.sock");
+	ck_assert_uint_eq(cfg->control_mode, 0600);
+	config_free(cfg);
+	cfg = load_ok(MINIMAL "control:\n  path: /tmp/c.sock\n  mode: \"0660\"\n");
+	ck_assert_uint_eq(cfg->control_mode, 0660);
+	config_free(cfg);
+	expect_error(MINIMAL "control:\n  path: /tmp/c.sock\n  mode: 660\n",
+	    "test.yml:11:9: ", "ambiguous", NULL);
+}
+END_TEST
+
 START_TEST(test_mode_on_tcp_listener_is_refused)
 {
 	expect_error(
@@ -1248,6 +1277,8 @@ config_suite(void)
 	tcase_add_test(tc, test_listener_that_is_a_server_is_refused);
 	tcase_add_test(tc, test_pool_size_above_max_connections_is_refused);
 	tcase_add_test(tc, test_mode_on_tcp_listener_is_refused);
+	tcase_add_test(tc, test_metrics_endpoint_must_be_loopback);
+	tcase_add_test(tc, test_control_socket_path_and_mode);
 	tcase_add_test(tc, test_bad_modes_are_refused);
 	tcase_add_test(tc, test_duplicate_key_names_the_first);
 	tcase_add_test(tc, test_other_value_mistakes_say_what_to_write);

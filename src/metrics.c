@@ -1,0 +1,221 @@
+/*
+ * metrics.c - format counters as Prometheus text (version 0.0.4): one
+ * HELP/TYPE block per metric family, labels for upstream, server, worker
+ * and close reason, and the reply latency as a histogram in seconds.
+ */
+#include "metrics.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#define FOREACH_SERVER(cfg, u, s, i)					\
+	for (size_t u = 0, i = 0; u < (cfg)->nupstreams; u++)		\
+		for (size_t s = 0; s < (cfg)->upstreams[u].nservers;	\
+		    s++, i++)
+
+static void
+family(struct evbuffer *out, const char *name, const char *type,
+    const char *help)
+{
+	evbuffer_add_printf(out, "# HELP sidepool_%s %s\n# TYPE sidepool_%s %s\n",
+	    name, help, name, type);
+}
+
+/* Label values here are names and addresses from the config: the config
+ * loader allows no quotes, backslashes or newlines in them. */
+static void
+server_labels(struct evbuffer *out, const struct config *cfg, size_t u,
+    size_t s)
+{
+	evbuffer_add_printf(out, "upstream=\"%s\",server=\"%s\"",
+	    cfg->upstreams[u].name, cfg->upstreams[u].servers[s].addr.text);
+}
+
+/* A per-server counter or gauge taken from the merged pool snapshot. */
+static void
+server_metric(struct evbuffer *out, const struct config *cfg,
+    const struct worker_snapshot *snaps, unsigned n, const char *name,
+    const char *type, const char *help,
+    unsigned long long (*get)(const struct pool_snapshot *, unsigned))
+{
+	family(out, name, type, help);
+	FOREACH_SERVER(cfg, u, s, i) {
+		struct pool_snapshot m;
+		unsigned down;
+		stats_merge_pool(snaps, n, i, &m, &down);
+		evbuffer_add_printf(out, "sidepool_%s{", name);
+		server_labels(out, cfg, u, s);
+		evbuffer_add_printf(out, "} %llu\n", get(&m, down));
+	}
+}
+
+static unsigned long long get_requests(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.requests; }
+static unsigned long long get_replies(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.replies; }
+static unsigned long long get_errors(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.errors; }
+static unsigned long long get_fast(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.fast_failures; }
+static unsigned long long get_sent(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.bytes_sent; }
+static unsigned long long get_received(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.bytes_received; }
+static unsigned long long get_opened(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.opened; }
+static unsigned long long get_probes(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.probes; }
+static unsigned long long get_marked(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.marked_down; }
+static unsigned long long get_inflight(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->inflight; }
+static unsigned long long get_up(const struct pool_snapshot *m,
+    unsigned d) { (void)m; return d == 0; }
+
+static void
+format_connections(struct evbuffer *out, const struct config *cfg,
+    const struct worker_snapshot *snaps, unsigned n)
+{
+	static const char *const states[] = { "connecting", "idle", "active",
+	    "probing" };
+
+	family(out, "server_connections", "gauge",
+	    "Open connections to the server, all workers, by state.");
+	FOREACH_SERVER(cfg, u, s, i) {
+		struct pool_snapshot m;
+		unsigned down;
+		stats_merge_pool(snaps, n, i, &m, &down);
+		for (int k = 0; k < 4; k++) {
+			evbuffer_add_printf(out, "sidepool_server_connections{");
+			server_labels(out, cfg, u, s);
+			evbuffer_add_printf(out, ",state=\"%s\"} %u\n", states[k],
+			    m.counts[k]);
+		}
+	}
+	family(out, "server_connections_closed_total", "counter",
+	    "Connections to the server closed, by reason.");
+	FOREACH_SERVER(cfg, u, s, i) {
+		struct pool_snapshot m;
+		unsigned down;
+		stats_merge_pool(snaps, n, i, &m, &down);
+		for (int r = 0; r < CLOSE_REASON_COUNT; r++) {
+			evbuffer_add_printf(out,
+			    "sidepool_server_connections_closed_total{");
+			server_labels(out, cfg, u, s);
+			evbuffer_add_printf(out, ",reason=\"%s\"} %llu\n",
+			    close_reason_names[r],
+			    (unsigned long long)m.stats.closed[r]);
+		}
+	}
+}
+
+static void
+format_latency(struct evbuffer *out, const struct config *cfg,
+    const struct worker_snapshot *snaps, unsigned n)
+{
+	family(out, "server_reply_seconds", "histogram",
+	    "Time from writing a request to the server to the end of its "
+	    "reply.");
+	FOREACH_SERVER(cfg, u, s, i) {
+		struct pool_snapshot m;
+		unsigned down;
+		uint64_t cum = 0;
+		stats_merge_pool(snaps, n, i, &m, &down);
+		/* Bucket k counts replies under 2^k µs: cumulative "le". */
+		for (int k = 0; k < LATENCY_BUCKETS - 1; k++) {
+			cum += m.stats.latency[k];
+			if (k < 4)
+				continue; /* below 16 µs: nothing happens there */
+			evbuffer_add_printf(out, "sidepool_server_reply_seconds_"
+			    "bucket{");
+			server_labels(out, cfg, u, s);
+			evbuffer_add_printf(out, ",le=\"%.6f\"} %llu\n",
+			    (double)((uint64_t)1 << k) / 1e6,
+			    (unsigned long long)cum);
+		}
+		cum += m.stats.latency[LATENCY_BUCKETS - 1];
+		evbuffer_add_printf(out, "sidepool_server_reply_seconds_bucket{");
+		server_labels(out, cfg, u, s);
+		evbuffer_add_printf(out, ",le=\"+Inf\"} %llu\n",
+		    (unsigned long long)cum);
+		evbuffer_add_printf(out, "sidepool_server_reply_seconds_sum{");
+		server_labels(out, cfg, u, s);
+		evbuffer_add_printf(out, "} %.6f\n",
+		    (double)m.stats.latency_sum_us / 1e6);
+		evbuffer_add_printf(out, "sidepool_server_reply_seconds_count{");
+		server_labels(out, cfg, u, s);
+		evbuffer_add_printf(out, "} %llu\n", (unsigned long long)cum);
+	}
+}
+
+static void
+format_clients(struct evbuffer *out, const struct worker_snapshot *snaps,
+    unsigned n)
+{
+	struct worker_stats t;
+	unsigned nclients;
+
+	stats_merge_workers(snaps, n, &t, &nclients);
+	family(out, "clients", "gauge", "Clients connected now.");
+	evbuffer_add_printf(out, "sidepool_clients %u\n", nclients);
+	family(out, "worker_clients", "gauge", "Clients connected now, per "
+	    "worker.");
+	for (unsigned w = 0; w < n; w++)
+		evbuffer_add_printf(out, "sidepool_worker_clients{worker=\"%u\"} "
+		    "%u\n", w, snaps[w].nclients);
+	struct { const char *name, *help; uint64_t v; } totals[] = {
+		{ "clients_accepted_total", "Clients accepted.",
+		    t.clients_accepted },
+		{ "clients_closed_total", "Clients gone.", t.clients_closed },
+		{ "clients_rejected_total", "Clients refused over max_clients.",
+		    t.clients_rejected },
+		{ "requests_total", "Requests forwarded to servers.",
+		    t.requests },
+		{ "local_replies_total", "Requests answered by sidepool itself.",
+		    t.local_replies },
+		{ "protocol_errors_total", "Clients closed for malformed "
+		    "requests.", t.protocol_errors },
+		{ "client_bytes_received_total", "Bytes read from clients.",
+		    t.bytes_in },
+		{ "client_bytes_sent_total", "Bytes written to clients.",
+		    t.bytes_out },
+	};
+	for (size_t i = 0; i < sizeof(totals) / sizeof(totals[0]); i++) {
+		family(out, totals[i].name, "counter", totals[i].help);
+		evbuffer_add_printf(out, "sidepool_%s %llu\n", totals[i].name,
+		    (unsigned long long)totals[i].v);
+	}
+}
+
+void
+metrics_format(struct evbuffer *out, const struct config *cfg,
+    const struct worker_snapshot *snaps, unsigned n)
+{
+	format_clients(out, snaps, n);
+	server_metric(out, cfg, snaps, n, "server_up", "gauge",
+	    "1 when no worker considers the server down.", get_up);
+	server_metric(out, cfg, snaps, n, "server_requests_total", "counter",
+	    "Requests sent to the server.", get_requests);
+	server_metric(out, cfg, snaps, n, "server_replies_total", "counter",
+	    "Replies read from the server.", get_replies);
+	server_metric(out, cfg, snaps, n, "server_errors_total", "counter",
+	    "Requests answered with a sidepool error (connection lost, "
+	    "timeout).", get_errors);
+	server_metric(out, cfg, snaps, n, "server_fast_failures_total",
+	    "counter", "Requests refused at once because the server was down.",
+	    get_fast);
+	server_metric(out, cfg, snaps, n, "server_bytes_sent_total", "counter",
+	    "Bytes written to the server.", get_sent);
+	server_metric(out, cfg, snaps, n, "server_bytes_received_total",
+	    "counter", "Bytes read from the server.", get_received);
+	server_metric(out, cfg, snaps, n, "server_connections_opened_total",
+	    "counter", "Connections opened to the server.", get_opened);
+	server_metric(out, cfg, snaps, n, "server_probes_total", "counter",
+	    "Health probes sent on idle connections.", get_probes);
+	server_metric(out, cfg, snaps, n, "server_marked_down_total",
+	    "counter", "Times a worker marked the server down.", get_marked);
+	server_metric(out, cfg, snaps, n, "server_requests_in_flight", "gauge",
+	    "Requests waiting for the server's reply.", get_inflight);
+	format_connections(out, cfg, snaps, n);
+	format_latency(out, cfg, snaps, n);
+}
