@@ -100,5 +100,25 @@ def unit_file_verifies():
     assert not errors, "\n".join(errors)
 
 
+@h.test("SIGUSR1 reopens the log file: after a logrotate-style rename, new lines go to a "
+        "new file")
+def sigusr1_reopens_log():
+    r = h.RedisServer()
+    d = h.mkdtemp()
+    log = os.path.join(d, "sidepool.log")
+    cfg = h.redis_config([r], workers=1)
+    cfg["log"] = {"level": "info", "file": log}
+    sp = h.Sidepool(cfg)
+    h.poll_until(lambda: os.path.exists(log) and "started" in open(log).read(), 5)
+    os.rename(log, log + ".1")
+    sp.send_signal(signal.SIGUSR1)
+    h.poll_until(lambda: os.path.exists(log), 5, what="a new log file")
+    sp.send_signal(signal.SIGHUP)  # something to log
+    h.poll_until(lambda: "reload" in open(log).read(), 5,
+                 what="new lines in the new file")
+    assert "reopening" in open(log + ".1").read()
+    assert sp.stop() == 0
+
+
 if __name__ == "__main__":
     h.run()
