@@ -27,6 +27,7 @@
 #define BACKEND_READ_BUDGET (1024 * 1024)
 
 static void on_backend_read(evutil_socket_t fd, short what, void *arg);
+static void parse_replies(struct backend *b);
 static void on_backend_write(evutil_socket_t fd, short what, void *arg);
 
 static void
@@ -81,6 +82,11 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	pool_add(p, b, BACKEND_CONNECTING, clock_ms());
 	log_debug("backend %s#%llu: connecting", p->server->addr.text,
 	    (unsigned long long)b->id);
+	/* What every connection is told first (AUTH): queued before any
+	 * client's request, sent when the connect completes. */
+	if (proto->handshake != NULL)
+		backend_queue_internal(b, proto->handshake(b->parser,
+		    p->upstream, b->out));
 	return b;
 fail:
 	if (b->in != NULL)
@@ -124,7 +130,7 @@ on_probe_done(struct request *req, struct evbuffer *src, size_t len,
 	b->probe_queued = false;
 	if (errmsg != NULL)
 		return; /* the connection is closing and said why */
-	bool ok = p->proto->probe_ok == NULL || p->proto->probe_ok(src, len);
+	bool ok = p->proto->reply_ok == NULL || p->proto->reply_ok(src, len);
 	evbuffer_drain(src, len);
 	if (!ok) {
 		backend_close(b, CLOSE_PROBE_FAILED, "unhealthy probe reply");
@@ -150,6 +156,7 @@ backend_probe(struct backend *b)
 		return;
 	}
 	req->client = b;
+	req->internal = true;
 	req->done = on_probe_done;
 	req->state = REQ_SENT;
 	req->backend = b;
@@ -164,6 +171,126 @@ backend_probe(struct backend *b)
 	}
 }
 
+/* The answer to a command sidepool sent for itself (AUTH, SELECT,
+ * DISCARD): anything but success means the connection is not what we
+ * think it is, so it goes; a refused AUTH is the server telling us our
+ * configuration is wrong, and marks it down with the server's words. */
+static void
+on_internal_done(struct request *req, struct evbuffer *src, size_t len,
+    bool drop, const char *errmsg)
+{
+	struct backend *b = req->client;
+	struct pool *p = b->pool;
+	char line[128] = "";
+
+	request_free(p->requests, req);
+	if (errmsg != NULL)
+		return;
+	bool ok = p->proto->reply_ok == NULL || p->proto->reply_ok(src, len);
+	if (!ok) {
+		size_t n = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
+		evbuffer_copyout(src, line, n);
+		line[strcspn(line, "\r\n")] = '\0';
+	}
+	evbuffer_drain(src, len);
+	if (!ok) {
+		char why[192];
+		snprintf(why, sizeof(why), "server refused sidepool's own "
+		    "command: %s", line);
+		backend_close(b, CLOSE_SETUP_FAILED, why);
+	}
+}
+
+/* n commands are at the end of b->out, sidepool's own: their replies are
+ * checked and dropped. */
+void
+backend_queue_internal(struct backend *b, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		struct request *req = request_new(b->pool->requests);
+		if (req == NULL) {
+			backend_close(b, CLOSE_SETUP_FAILED, "out of memory");
+			return;
+		}
+		req->client = b;
+		req->internal = true;
+		req->done = on_internal_done;
+		req->state = REQ_SENT;
+		req->backend = b;
+		req->sent_us = clock_us();
+		TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
+		b->ninflight++;
+	}
+	if (n > 0 && b->state != BACKEND_CONNECTING)
+		mark_dirty(b);
+}
+
+/* Bytes for a stream (a subscribed client's commands): their replies come
+ * back through the stream request, in the server's order. */
+void
+backend_send_raw(struct backend *b, struct evbuffer *from, size_t len)
+{
+	evbuffer_remove_buffer(from, b->out, len);
+	b->pool->stats.requests++;
+	if (b->state != BACKEND_CONNECTING)
+		mark_dirty(b);
+}
+
+/* From now on every reply on b goes to req (which stays at the head of
+ * the queue) until backend_end_stream. */
+void
+backend_start_stream(struct backend *b, struct request *req)
+{
+	req->stream = true;
+	req->no_timeout = true;
+	req->state = REQ_SENT;
+	req->backend = b;
+	req->sent_us = clock_us();
+	TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
+	b->ninflight++;
+}
+
+void
+backend_end_stream(struct backend *b, struct request *req)
+{
+	TAILQ_REMOVE(&b->inflight, req, backend_link);
+	b->ninflight--;
+	request_free(b->pool->requests, req);
+}
+
+/*
+ * A client that does not read its replies stops the reading of the
+ * connection they come from, instead of sidepool's memory growing: the
+ * server's replies wait in the kernel. New requests avoid a paused
+ * connection; those already on it wait for the slow client, as they would
+ * behind it on one server connection.
+ */
+void
+backend_pause(struct backend *b)
+{
+	if (b->paused++ == 0 && b->state != BACKEND_CLOSED)
+		event_del(&b->rev);
+}
+
+void
+backend_resume(struct backend *b)
+{
+	if (b->paused == 0 || --b->paused > 0 || b->state == BACKEND_CLOSED)
+		return;
+	event_add(&b->rev, NULL);
+	b->resume_parse = true; /* replies read before the pause */
+	mark_dirty(b);
+}
+
+void
+backend_set_owner(struct backend *b, void *owner, void (*lost)(void *owner))
+{
+	b->owner = owner;
+	b->owner_lost = lost;
+	if (owner != NULL)
+		b->pool->stats.sessions++;
+}
+
 /* Hand the reply (or the failure) to the request, which leaves our queue. */
 static void
 complete_request(struct backend *b, struct request *req, size_t len,
@@ -171,10 +298,14 @@ complete_request(struct backend *b, struct request *req, size_t len,
 {
 	struct pool *p = b->pool;
 
+	if (req->stream && errmsg == NULL) {
+		/* It stays at the head; the client may end it from done. */
+		req->done(req, b->in, len, drop, NULL);
+		return;
+	}
 	TAILQ_REMOVE(&b->inflight, req, backend_link);
 	b->ninflight--;
-	req->backend = NULL;
-	if (errmsg == NULL) {
+	if (errmsg == NULL && !req->internal) {
 		uint64_t us = clock_us() - req->sent_us;
 		p->stats.replies++;
 		p->stats.latency_sum_us += us;
@@ -182,6 +313,7 @@ complete_request(struct backend *b, struct request *req, size_t len,
 	}
 	if (req->client == NULL) {
 		/* Its client left: read and discard, stay in step. */
+		req->backend = NULL;
 		if (errmsg == NULL)
 			evbuffer_drain(b->in, len);
 		request_free(p->requests, req);
@@ -204,6 +336,8 @@ judge_close(const struct backend *b, enum close_reason why)
 	case CLOSE_SERVER_EOF:
 		/* Servers close idle connections (redis "timeout"): normal. */
 		return b->ninflight > 0 ? FAILURE : HEALTHY;
+	case CLOSE_SETUP_FAILED:
+		return FATAL;
 	case CLOSE_SERVER_ERROR:
 	case CLOSE_UNEXPECTED_DATA:
 	case CLOSE_PROTOCOL_ERROR:
@@ -213,6 +347,8 @@ judge_close(const struct backend *b, enum close_reason why)
 	case CLOSE_EVICTED:
 	case CLOSE_IDLE_TIMEOUT:
 	case CLOSE_MAX_LIFETIME:
+	case CLOSE_ABANDONED:
+	case CLOSE_RESET:
 	case CLOSE_SHUTDOWN:
 	case CLOSE_REASON_COUNT:
 		break;
@@ -251,11 +387,20 @@ backend_close(struct backend *b, enum close_reason why, const char *detail)
 		snprintf(msg, sizeof(msg), "connection to %s lost: %s",
 		    p->server->addr.text, detail);
 	while ((req = TAILQ_FIRST(&b->inflight)) != NULL) {
-		p->stats.errors++;
+		if (!req->internal)
+			p->stats.errors++;
 		complete_request(b, req, 0, false, msg);
 	}
 	if (v != HEALTHY && why != CLOSE_SHUTDOWN)
 		pool_record_failure(p, clock_ms(), v == FATAL, msg);
+	if (b->owner != NULL) {
+		void (*lost)(void *) = b->owner_lost;
+		void *owner = b->owner;
+		b->owner = NULL;
+		b->owner_lost = NULL;
+		if (lost != NULL)
+			lost(owner);
+	}
 	b->dead_next = p->queues->dead;
 	p->queues->dead = b;
 	event_active(p->queues->flush_ev, EV_TIMEOUT, 0);
@@ -277,6 +422,8 @@ finish_connect(struct backend *b)
 		req->sent_us = now_us;
 	if (b->probe_queued)
 		pool_set_state(b, BACKEND_PROBING, now);
+	else if (b->owner != NULL)
+		pool_set_state(b, BACKEND_DEDICATED, now);
 	else
 		pool_set_state(b, b->ninflight > 0 ? BACKEND_ACTIVE :
 		    BACKEND_IDLE, now);
@@ -328,6 +475,11 @@ backend_flush_all(struct backend_queues *q)
 	while ((b = q->dirty) != NULL) {
 		q->dirty = b->dirty_next;
 		b->dirty = false;
+		if (b->resume_parse && b->state != BACKEND_CLOSED &&
+		    b->state != BACKEND_CONNECTING) {
+			b->resume_parse = false;
+			parse_replies(b);
+		}
 		if (b->state != BACKEND_CLOSED && b->state != BACKEND_CONNECTING)
 			flush_backend(b);
 	}
@@ -353,7 +505,8 @@ parse_replies(struct backend *b)
 {
 	const struct proto *proto = b->pool->proto;
 
-	while (evbuffer_get_length(b->in) > 0 && b->state != BACKEND_CLOSED) {
+	while (evbuffer_get_length(b->in) > 0 && b->state != BACKEND_CLOSED &&
+	    b->paused == 0) {
 		struct request *req = TAILQ_FIRST(&b->inflight);
 		struct replyinfo ri = { 0 };
 		if (req == NULL) {

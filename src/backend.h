@@ -25,6 +25,7 @@ enum backend_state {
 	BACKEND_IDLE,       /* connected, nothing in flight: in the LRU list */
 	BACKEND_ACTIVE,     /* requests in flight */
 	BACKEND_PROBING,    /* a health probe in flight; no client may use it */
+	BACKEND_DEDICATED,  /* one client's own, for a session (MULTI, SUBSCRIBE) */
 	BACKEND_CLOSED,     /* in no list; freed at the end of the event */
 	BACKEND_STATE_COUNT
 };
@@ -51,6 +52,12 @@ struct backend {
 	bool dirty;
 	bool write_armed;
 	bool probe_queued;          /* a probe is in flight (or queued) */
+	unsigned paused;            /* slow clients holding reads stopped */
+	bool resume_parse;          /* parse what was read while paused */
+	/* The client that holds it as its own (BACKEND_DEDICATED, or
+	 * connecting for it), told if the connection is lost. */
+	void *owner;
+	void (*owner_lost)(void *owner);
 	/* the protocol's reply parser state; aligned for any struct */
 	_Alignas(max_align_t) unsigned char parser[];
 };
@@ -70,6 +77,14 @@ struct backend *backend_open(struct pool *p, char *err, size_t errlen);
 void backend_probe(struct backend *b);
 void backend_send(struct backend *b, struct request *req,
     struct evbuffer *from, size_t len);
+void backend_send_raw(struct backend *b, struct evbuffer *from, size_t len);
+void backend_queue_internal(struct backend *b, unsigned n);
+void backend_start_stream(struct backend *b, struct request *req);
+void backend_end_stream(struct backend *b, struct request *req);
+void backend_set_owner(struct backend *b, void *owner,
+    void (*lost)(void *owner));
+void backend_pause(struct backend *b);
+void backend_resume(struct backend *b);
 void backend_close(struct backend *b, enum close_reason why,
     const char *detail);
 void backend_flush_all(struct backend_queues *q);

@@ -109,6 +109,71 @@ client_reject(const struct route *route, int fd, const char *msg)
 	close(fd);
 }
 
+static void on_dedicated_lost(void *arg);
+static void release_backend(struct client *c);
+
+/*
+ * The client's session is over (or the client is): its own connection
+ * goes back to the pool, or is closed when what the client left on it
+ * cannot be undone (a blocking command, subscriptions).
+ */
+static void
+release_dedicated(struct client *c, bool drop)
+{
+	struct backend *b = c->dedicated;
+
+	if (b == NULL)
+		return;
+	c->dedicated = NULL;
+	if (c->bound == b)
+		c->bound = NULL;
+	if (c->stream != NULL) {
+		backend_end_stream(b, c->stream);
+		c->stream = NULL;
+		drop = true; /* replies may still be coming: nobody to read them */
+	}
+	if (drop) {
+		b->owner = NULL;
+		b->owner_lost = NULL;
+		backend_close(b, CLOSE_ABANDONED, "its client's session was "
+		    "abandoned");
+		return;
+	}
+	pool_release_dedicated(b, clock_ms());
+}
+
+/* The client leaves mid-session: undo what can be undone (DISCARD,
+ * UNWATCH) and give the connection back, or close it. */
+static void
+abandon_session(struct client *c)
+{
+	const struct proto *proto = c->route->proto;
+	struct backend *b = c->dedicated;
+
+	if (b == NULL)
+		return;
+	int n = proto->abandon != NULL && c->stream == NULL ?
+	    proto->abandon(c->parser, b->out) : -1;
+	if (n > 0)
+		backend_queue_internal(b, (unsigned)n);
+	if (c->dedicated != NULL) /* backend_queue_internal may close it */
+		release_dedicated(c, n < 0);
+}
+
+/* When nothing of the client's is in flight and its session is over, its
+ * own connection goes back to the pool. */
+static void
+maybe_release(struct client *c)
+{
+	const struct proto *proto = c->route->proto;
+
+	if (c->dedicated == NULL || c->nsent > 0 || c->stream != NULL)
+		return;
+	if (proto->session_active != NULL && proto->session_active(c->parser))
+		return;
+	release_dedicated(c, false);
+}
+
 void
 client_close(struct client *c, const char *why)
 {
@@ -136,6 +201,11 @@ client_close(struct client *c, const char *why)
 	c->npending = 0;
 	c->nsent = 0;
 	c->bound = NULL;
+	c->stored = 0;
+	release_backend(c);
+	abandon_session(c);
+	if (c->route->proto->req_free != NULL)
+		c->route->proto->req_free(c->parser);
 	TAILQ_REMOVE(&env->clients, c, link);
 	env->nclients--;
 	c->route->nclients--;
@@ -181,11 +251,40 @@ release_done(struct client *c)
 	    req->state == REQ_DONE) {
 		TAILQ_REMOVE(&c->reqs, req, client_link);
 		c->npending--;
-		if (req->reply != NULL)
+		if (req->reply != NULL) {
+			c->stored -= evbuffer_get_length(req->reply);
 			evbuffer_add_buffer(c->out, req->reply);
+		}
 		request_free(&c->env->requests, req);
 	}
 	mark_dirty(c);
+}
+
+static size_t
+buffered(const struct client *c)
+{
+	return evbuffer_get_length(c->out) + c->stored;
+}
+
+/* Too much owed to a client that does not read: stop reading the
+ * connection its replies come from until it catches up. */
+static void
+hold_backend(struct client *c, struct backend *b)
+{
+	if (b == NULL || c->paused != NULL ||
+	    buffered(c) <= c->route->upstream->limits.max_output)
+		return;
+	c->paused = b;
+	backend_pause(b);
+}
+
+static void
+release_backend(struct client *c)
+{
+	if (c->paused == NULL)
+		return;
+	backend_resume(c->paused);
+	c->paused = NULL;
 }
 
 static void
@@ -193,13 +292,24 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
     bool drop, const char *errmsg)
 {
 	struct client *c = req->client;
+	const struct proto *proto = c->route->proto;
+	struct backend *from = req->backend;
 
-	if (--c->nsent == 0)
+	if (errmsg == NULL && proto->reply_seen != NULL)
+		proto->reply_seen(c->parser, req->pflags, src, len);
+	if (--c->nsent == 0) {
 		c->bound = NULL; /* free to use any connection again */
+		maybe_release(c);
+		if (c->wait_switch) {
+			c->wait_switch = false;
+			mark_dirty(c); /* resumes reading and parsing */
+		}
+	}
 	req->state = REQ_DONE;
 	if (req == TAILQ_FIRST(&c->reqs)) {
 		store_reply(c, req, c->out, src, len, drop, errmsg);
 		release_done(c);
+		hold_backend(c, errmsg == NULL ? from : NULL);
 		return;
 	}
 	req->reply = evbuffer_new();
@@ -209,6 +319,8 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
 		return;
 	}
 	store_reply(c, req, req->reply, src, len, drop, errmsg);
+	c->stored += evbuffer_get_length(req->reply);
+	hold_backend(c, errmsg == NULL ? from : NULL);
 }
 
 /* A reply the proxy made itself, queued in order like any other. */
@@ -228,6 +340,7 @@ queue_local_reply(struct client *c, struct evbuffer *reply)
 		return;
 	}
 	evbuffer_add_buffer(req->reply, reply);
+	c->stored += evbuffer_get_length(req->reply);
 	req->client = c;
 	req->state = REQ_DONE;
 	TAILQ_INSERT_TAIL(&c->reqs, req, client_link);
@@ -243,21 +356,109 @@ reply_error(struct client *c, uint32_t pflags, const char *msg)
 	queue_local_reply(c, scratch);
 }
 
-/* Send the request at the head of c->in (len bytes) to a server. */
+/* Every reply of a stream goes straight out, in the server's order. */
 static void
-forward_request(struct client *c, size_t len, uint32_t pflags)
+on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
+    bool drop, const char *errmsg)
+{
+	struct client *c = req->client;
+	const struct proto *proto = c->route->proto;
+
+	if (errmsg != NULL) {
+		/* The connection is gone, and the request with it. */
+		c->stream = NULL;
+		request_free(&c->env->requests, req);
+		proto->error_reply(c->out, 0, errmsg);
+		mark_dirty(c);
+		return;
+	}
+	if (proto->reply_seen != NULL)
+		proto->reply_seen(c->parser, 0, src, len);
+	evbuffer_remove_buffer(src, c->out, len);
+	mark_dirty(c);
+	hold_backend(c, req->backend);
+	if (proto->session_active != NULL && !proto->session_active(c->parser)) {
+		/* Unsubscribed from everything, every reply read: the
+		 * connection is clean and goes back to the pool. */
+		backend_end_stream(c->dedicated, req);
+		c->stream = NULL;
+		maybe_release(c);
+	}
+}
+
+static void
+on_dedicated_lost(void *arg)
+{
+	struct client *c = arg;
+
+	if (c->bound == c->dedicated)
+		c->bound = NULL;
+	c->dedicated = NULL;
+	c->stream = NULL;
+	if (c->route->proto->session_reset != NULL)
+		c->route->proto->session_reset(c->parser);
+}
+
+/* The connection a request goes to: the client's own if it has one (or
+ * needs one now), else the one carrying its requests in flight, else any
+ * the pool gives. NULL with err when there is none to be had. */
+static struct backend *
+pick_backend(struct client *c, const struct reqinfo *ri, char *err,
+    size_t errlen)
 {
 	struct pool *pool = c->route->pools[0];
-	struct backend *b = c->bound;
+	struct backend *b;
+
+	if (c->dedicated != NULL)
+		return c->dedicated;
+	if (ri->need == NEED_SHARED)
+		return c->bound != NULL ? c->bound :
+		    pool_acquire(pool, clock_ms(), err, errlen);
+	if ((b = pool_acquire_dedicated(pool, clock_ms(), err, errlen)) == NULL)
+		return NULL;
+	backend_set_owner(b, c, on_dedicated_lost);
+	c->dedicated = b;
+	return b;
+}
+
+/* Send the request at the head of c->in (ri->len bytes) to a server. */
+static void
+forward_request(struct client *c, const struct reqinfo *ri)
+{
+	const struct proto *proto = c->route->proto;
 	char err[256];
+	struct backend *b = pick_backend(c, ri, err, sizeof(err));
 
 	if (b == NULL) {
-		b = pool_acquire(pool, clock_ms(), err, sizeof(err));
-		if (b == NULL) {
-			evbuffer_drain(c->in, len);
-			reply_error(c, pflags, err);
-			return;
+		evbuffer_drain(c->in, ri->len);
+		if (ri->need != NEED_SHARED && proto->session_reset != NULL)
+			proto->session_reset(c->parser);
+		reply_error(c, ri->pflags, err);
+		return;
+	}
+	/* What the connection must be told first (SELECT of our db). */
+	if (proto->prepare != NULL)
+		backend_queue_internal(b, proto->prepare(b->parser, c->parser,
+		    ri->pflags, b->out));
+	if (b->state == BACKEND_CLOSED) {
+		evbuffer_drain(c->in, ri->len);
+		reply_error(c, ri->pflags, "connection lost");
+		return;
+	}
+	if (ri->need == NEED_STREAM || c->stream != NULL) {
+		if (c->stream == NULL) {
+			struct request *sreq = request_new(&c->env->requests);
+			if (sreq == NULL) {
+				client_close(c, "out of memory");
+				return;
+			}
+			sreq->client = c;
+			sreq->done = on_stream_reply;
+			backend_start_stream(b, sreq);
+			c->stream = sreq;
 		}
+		backend_send_raw(b, c->in, ri->len);
+		return;
 	}
 	struct request *req = request_new(&c->env->requests);
 	if (req == NULL) {
@@ -266,12 +467,13 @@ forward_request(struct client *c, size_t len, uint32_t pflags)
 	}
 	req->client = c;
 	req->done = on_request_done;
-	req->pflags = pflags;
+	req->pflags = ri->pflags;
 	TAILQ_INSERT_TAIL(&c->reqs, req, client_link);
 	c->npending++;
 	c->nsent++;
 	c->bound = b;
-	backend_send(b, req, c->in, len);
+	backend_send(b, req, c->in, ri->len);
+	req->no_timeout = ri->no_timeout;
 }
 
 static bool
@@ -297,9 +499,17 @@ process_input(struct client *c)
 			set_reading(c, false); /* resumed when replies drain */
 			return;
 		}
-		struct reqinfo ri = { .reply = scratch };
+		struct reqinfo ri = {
+			.reply = scratch,
+			.upstream = c->route->upstream,
+			.client_id = c->id,
+			.has_dedicated = c->dedicated != NULL,
+			.can_switch = c->nsent == 0,
+		};
 		enum proto_verdict v = proto->parse_request(c->parser, c->in,
 		    lim, &ri);
+		if (ri.drop_session)
+			release_dedicated(c, true);
 		switch (v) {
 		case PV_NEED_MORE:
 			if (evbuffer_get_length(c->in) > lim->max_request_size) {
@@ -310,8 +520,14 @@ process_input(struct client *c)
 			return;
 		case PV_FORWARD:
 			c->env->stats->requests++;
-			forward_request(c, ri.len, ri.pflags);
+			forward_request(c, &ri);
 			break;
+		case PV_WAIT:
+			/* It needs another connection than the one its
+			 * requests are on: wait for them, keep the order. */
+			c->wait_switch = true;
+			set_reading(c, false);
+			return;
 		case PV_LOCAL:
 			c->env->stats->local_replies++;
 			evbuffer_drain(c->in, ri.len);
@@ -390,11 +606,15 @@ flush_client(struct client *c)
 	else if (!want && c->write_armed)
 		event_del(&c->wev);
 	c->write_armed = want;
+	if (c->paused != NULL &&
+	    buffered(c) < c->route->upstream->limits.max_output / 2)
+		release_backend(c);
 	if (c->state == CLIENT_DRAINING && !want && c->npending == 0) {
 		client_close(c, "done");
 		return;
 	}
-	if (c->state == CLIENT_OPEN && !c->reading && !over_limits(c)) {
+	if (c->state == CLIENT_OPEN && !c->reading && !c->wait_switch &&
+	    !over_limits(c)) {
 		set_reading(c, true);
 		process_input(c);
 	}

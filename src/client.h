@@ -73,11 +73,16 @@ struct client {
 	unsigned npending;            /* requests not yet answered */
 	unsigned nsent;               /* of which at a server */
 	struct backend *bound;        /* carries all of those at a server */
+	struct backend *dedicated;    /* its own connection, for a session */
+	struct request *stream;       /* on dedicated: takes every reply */
+	struct backend *paused;       /* whose reads wait for us to catch up */
+	size_t stored;                /* bytes of replies kept out of turn */
 	struct client *dirty_next;
 	struct client *dead_next;
 	bool dirty;
 	bool reading;
 	bool write_armed;
+	bool wait_switch;             /* a request waits for nsent == 0 */
 	/* the protocol's request parser state; aligned for any struct */
 	_Alignas(max_align_t) unsigned char parser[];
 };

@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -62,6 +63,7 @@ struct upstream_draft {
 	char			 limits_where[NAME_MAX_LEN + 32];
 	bool			 has_protocol, has_servers;
 	yaml_node_t		*size_node, *max_node, *min_idle_node, *retry_node;
+	yaml_node_t		*auth_node;
 };
 
 struct loader {
@@ -1336,6 +1338,192 @@ apply_limits(struct scope *sc, const char *key, yaml_node_t *v)
 		walk_mapping(&sub, v, limits_rules, NITEMS(limits_rules));
 }
 
+/* ---- redis sessions: credentials, databases, refused commands ---------- */
+
+static void
+get_secret(struct scope *sc, const char *key, yaml_node_t *v, char **dst)
+{
+	const char	*s = get_scalar(sc, key, v, "a string");
+
+	if (s == NULL)
+		return;
+	if (strpbrk(s, "\r\n") != NULL) {
+		err_at(sc->ld, v->start_mark, "%s%s contains a line break "
+		    "(write it on one line)", key, sc->where);
+		return;
+	}
+	free(*dst);
+	*dst = ld_strdup(sc->ld, s);
+}
+
+static void
+apply_auth_user(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	get_secret(sc, key, v, &((struct upstream_draft *)sc->obj)->u->auth_user);
+}
+
+static void
+apply_auth_password(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	get_secret(sc, key, v,
+	    &((struct upstream_draft *)sc->obj)->u->auth_password);
+}
+
+static const struct key_rule auth_rules[] = {
+	{ "user", apply_auth_user },
+	{ "password", apply_auth_password },
+};
+
+/* What sidepool sends the server on every new connection. */
+static void
+apply_auth(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	struct scope		 sub = { sc->ld, d->where, d };
+
+	d->auth_node = v;
+	if (require_type(sc, key, v, YAML_MAPPING_NODE,
+	    "a mapping with password (and user for an ACL user)"))
+		walk_mapping(&sub, v, auth_rules, NITEMS(auth_rules));
+}
+
+static void
+add_user(struct scope *sc, const char *user, const char *password)
+{
+	struct cfg_upstream	*u = ((struct upstream_draft *)sc->obj)->u;
+	struct cfg_user		*n = realloc(u->users,
+	    (u->nusers + 1) * sizeof(*n));
+
+	if (n == NULL) {
+		sc->ld->oom = true;
+		return;
+	}
+	u->users = n;
+	n[u->nusers].user = ld_strdup(sc->ld, user);
+	n[u->nusers].password = ld_strdup(sc->ld, password);
+	u->nusers++;
+}
+
+static void
+apply_client_password(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	char	*pw = NULL;
+
+	get_secret(sc, key, v, &pw);
+	if (pw != NULL)
+		add_user(sc, "default", pw);
+	free(pw);
+}
+
+/* users: [{user: app, password: x}, ...] */
+static void
+apply_client_users(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	yaml_node_item_t	*it;
+
+	if (!require_type(sc, key, v, YAML_SEQUENCE_NODE,
+	    "a sequence of {user, password}"))
+		return;
+	for (it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+	    it++) {
+		yaml_node_t	*e = node_at(sc->ld, *it);
+		char		*user = NULL, *pw = NULL;
+		yaml_node_pair_t *p;
+
+		if (!require_type(sc, key, e, YAML_MAPPING_NODE,
+		    "a mapping with user and password"))
+			continue;
+		for (p = e->data.mapping.pairs.start;
+		    p < e->data.mapping.pairs.top; p++) {
+			yaml_node_t *k = node_at(sc->ld, p->key);
+			yaml_node_t *val = node_at(sc->ld, p->value);
+			const char *name = k->type == YAML_SCALAR_NODE ?
+			    node_text(k) : "";
+			if (strcmp(name, "user") == 0)
+				get_secret(sc, "user", val, &user);
+			else if (strcmp(name, "password") == 0)
+				get_secret(sc, "password", val, &pw);
+			else
+				err_at(sc->ld, k->start_mark, "unknown key '%s' "
+				    "in a client user%s (expected user, "
+				    "password)", name, sc->where);
+		}
+		if (user == NULL || pw == NULL)
+			err_at(sc->ld, e->start_mark, "a client user%s needs "
+			    "both user and password", sc->where);
+		else
+			add_user(sc, user, pw);
+		free(user);
+		free(pw);
+	}
+}
+
+static const struct key_rule client_auth_rules[] = {
+	{ "password", apply_client_password },
+	{ "users", apply_client_users },
+};
+
+/* What clients must send sidepool before anything else. */
+static void
+apply_client_auth(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	struct scope		 sub = { sc->ld, d->where, d };
+
+	d->auth_node = d->auth_node ? d->auth_node : v;
+	if (require_type(sc, key, v, YAML_MAPPING_NODE,
+	    "a mapping with password or users"))
+		walk_mapping(&sub, v, client_auth_rules,
+		    NITEMS(client_auth_rules));
+}
+
+static void
+apply_databases(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	int64_t			 n;
+
+	if (get_int(sc, key, v, 1, 1000000, &n) == 0)
+		d->u->databases = (unsigned)n;
+}
+
+/* Operators may refuse more commands than sidepool does by default. */
+static void
+apply_refuse(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct cfg_upstream	*u = ((struct upstream_draft *)sc->obj)->u;
+	yaml_node_item_t	*it;
+
+	if (!require_type(sc, key, v, YAML_SEQUENCE_NODE,
+	    "a sequence of command names"))
+		return;
+	for (it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+	    it++) {
+		yaml_node_t	*e = node_at(sc->ld, *it);
+		const char	*s = get_scalar(sc, key, e, "a command name");
+		char		**n;
+
+		if (s == NULL)
+			continue;
+		if (*s == '\0' || strspn(s, "abcdefghijklmnopqrstuvwxyz"
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-|") != strlen(s)) {
+			err_at(sc->ld, e->start_mark, "'%s' in %s%s is not a "
+			    "command name", s, key, sc->where);
+			continue;
+		}
+		if ((n = realloc(u->refused, (u->nrefused + 1) *
+		    sizeof(*n))) == NULL) {
+			sc->ld->oom = true;
+			return;
+		}
+		u->refused = n;
+		char *lower = ld_strdup(sc->ld, s);
+		for (char *c = lower; c != NULL && *c; c++)
+			*c = (char)tolower((unsigned char)*c);
+		u->refused[u->nrefused++] = lower;
+	}
+}
+
 static const struct key_rule upstream_rules[] = {
 	{ "protocol", apply_protocol },
 	{ "servers", apply_servers },
@@ -1343,6 +1531,10 @@ static const struct key_rule upstream_rules[] = {
 	{ "connect_timeout", apply_connect_timeout },
 	{ "request_timeout", apply_request_timeout },
 	{ "failure_limit", apply_failure_limit },
+	{ "auth", apply_auth },
+	{ "client_auth", apply_client_auth },
+	{ "databases", apply_databases },
+	{ "refuse_commands", apply_refuse },
 	{ "retry_interval", apply_retry_interval },
 	{ "retry_max_interval", apply_retry_max },
 	{ "limits", apply_limits },
@@ -1391,6 +1583,13 @@ finish_upstream(struct loader *ld, struct upstream_draft *d)
 		    "than the pool size %u%s (lower min_idle or raise size: "
 		    "idle connections beyond size are closed)",
 		    u->pool.min_idle, u->pool.size, d->where);
+	if (u->protocol != PROTO_REDIS && d->auth_node != NULL)
+		err_at(ld, d->auth_node->start_mark, "auth and client_auth%s "
+		    "apply to redis upstreams only (remove them)", d->where);
+	if (d->auth_node != NULL && u->auth_user != NULL &&
+	    u->auth_password == NULL)
+		err_at(ld, d->auth_node->start_mark, "auth%s has a user but no "
+		    "password (add password)", d->where);
 	if (u->retry_interval_ms > u->retry_max_interval_ms && d->retry_node)
 		err_at(ld, d->retry_node->start_mark, "retry_interval is longer "
 		    "than retry_max_interval%s (make retry_max_interval at "
@@ -1433,6 +1632,7 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	u->connect_timeout_ms = MS_SECOND;
 	u->request_timeout_ms = 5 * MS_SECOND;
 	u->failure_limit = 3;
+	u->databases = 16;
 	u->retry_interval_ms = 250;
 	u->retry_max_interval_ms = 10 * MS_SECOND;
 	snprintf(d->name, sizeof(d->name), "upstream '%.*s'", NAME_MAX_LEN,
@@ -2048,8 +2248,19 @@ config_free(struct config *cfg)
 	if (cfg == NULL)
 		return;
 	for (i = 0; i < cfg->nupstreams; i++) {
-		free(cfg->upstreams[i].name);
-		free(cfg->upstreams[i].servers);
+		struct cfg_upstream *u = &cfg->upstreams[i];
+		free(u->name);
+		free(u->servers);
+		free(u->auth_user);
+		free(u->auth_password);
+		for (size_t k = 0; k < u->nusers; k++) {
+			free(u->users[k].user);
+			free(u->users[k].password);
+		}
+		free(u->users);
+		for (size_t k = 0; k < u->nrefused; k++)
+			free(u->refused[k]);
+		free(u->refused);
 	}
 	free(cfg->upstreams);
 	free(cfg->listeners);

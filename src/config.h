@@ -55,6 +55,12 @@ struct cfg_server {
 	unsigned index; /* position in its upstream's server list */
 };
 
+/* A client identity sidepool accepts (AUTH user password). */
+struct cfg_user {
+	char *user;     /* "default" for AUTH with a password only */
+	char *password;
+};
+
 struct cfg_upstream {
 	char *name;
 	enum proto_kind protocol;
@@ -67,6 +73,14 @@ struct cfg_upstream {
 	uint64_t retry_interval_ms;  /* first retry of a down server */
 	uint64_t retry_max_interval_ms; /* backoff cap */
 	struct cfg_limits limits;
+	/* Redis only. */
+	char *auth_user;             /* sent to the server: AUTH [user] password */
+	char *auth_password;         /* NULL: the server needs no AUTH */
+	struct cfg_user *users;      /* clients must AUTH as one; none: no auth */
+	size_t nusers;
+	unsigned databases;          /* SELECT 0..databases-1; default 16 */
+	char **refused;              /* more commands to refuse, lowercase */
+	size_t nrefused;
 	int line, col; /* where it was defined, for later diagnostics */
 };
 

@@ -234,7 +234,8 @@ stats_json(struct ctl_conn *cc, const struct worker_stats *t,
 		evbuffer_add_printf(o, ", \"requests\": %llu, \"replies\": %llu, "
 		    "\"errors\": %llu, \"fast_failures\": %llu, \"bytes_sent\": "
 		    "%llu, \"bytes_received\": %llu, \"connections_opened\": %llu, "
-		    "\"probes\": %llu, \"marked_down\": %llu, \"latency_us\": {",
+		    "\"probes\": %llu, \"marked_down\": %llu, \"sessions\": %llu, "
+		    "\"sessions_refused\": %llu, \"latency_us\": {",
 		    (unsigned long long)m.stats.requests,
 		    (unsigned long long)m.stats.replies,
 		    (unsigned long long)m.stats.errors,
@@ -243,7 +244,9 @@ stats_json(struct ctl_conn *cc, const struct worker_stats *t,
 		    (unsigned long long)m.stats.bytes_received,
 		    (unsigned long long)m.stats.opened,
 		    (unsigned long long)m.stats.probes,
-		    (unsigned long long)m.stats.marked_down);
+		    (unsigned long long)m.stats.marked_down,
+		    (unsigned long long)m.stats.sessions,
+		    (unsigned long long)m.stats.exhausted);
 		for (int q = 0; q < 4; q++)
 			evbuffer_add_printf(o, "%s\"%s\": %llu", q ? ", " : "",
 			    quantile_names[q], (unsigned long long)
@@ -313,15 +316,16 @@ cmd_pools(struct ctl_conn *cc)
 {
 	const struct config *cfg = cc->ctl->cfg;
 	struct evbuffer *o = cc->out;
-	struct table tb = { .ncols = 9 + CLOSE_REASON_COUNT };
+	struct table tb = { .ncols = 10 + CLOSE_REASON_COUNT };
 	bool first = true;
 
 	if (cc->json)
 		evbuffer_add_printf(o, "{\"pools\": [");
 	else {
 		const char *hdr[] = { "WORKER", "UPSTREAM", "SERVER", "IDLE",
-		    "ACTIVE", "CONNECTING", "PROBING", "IN_FLIGHT", "OPENED" };
-		for (int c = 0; c < 9; c++)
+		    "ACTIVE", "DEDICATED", "CONNECTING", "PROBING", "IN_FLIGHT",
+		    "OPENED" };
+		for (int c = 0; c < 10; c++)
 			table_cell(&tb, "%s", hdr[c]);
 		for (int r = 0; r < CLOSE_REASON_COUNT; r++)
 			table_cell(&tb, "%s", close_reason_names[r]);
@@ -337,6 +341,7 @@ cmd_pools(struct ctl_conn *cc)
 				table_cell(&tb, "%s", addr);
 				table_cell(&tb, "%u", p->counts[1]);
 				table_cell(&tb, "%u", p->counts[2]);
+				table_cell(&tb, "%u", p->counts[4]);
 				table_cell(&tb, "%u", p->counts[0]);
 				table_cell(&tb, "%u", p->counts[3]);
 				table_cell(&tb, "%u", p->inflight);
@@ -354,9 +359,10 @@ cmd_pools(struct ctl_conn *cc)
 			evbuffer_add_printf(o, ", \"server\": ");
 			json_string(o, addr);
 			evbuffer_add_printf(o, ", \"idle\": %u, \"active\": %u, "
-			    "\"connecting\": %u, \"probing\": %u, \"in_flight\": "
-			    "%u, \"opened\": %llu, \"closed\": {", p->counts[1],
-			    p->counts[2], p->counts[0], p->counts[3],
+			    "\"dedicated\": %u, \"connecting\": %u, \"probing\": "
+			    "%u, \"in_flight\": %u, \"opened\": %llu, \"closed\": {",
+			    p->counts[1], p->counts[2], p->counts[4], p->counts[0],
+			    p->counts[3],
 			    p->inflight, (unsigned long long)p->stats.opened);
 			for (int r = 0; r < CLOSE_REASON_COUNT; r++)
 				evbuffer_add_printf(o, "%s\"%s\": %llu",
@@ -488,7 +494,7 @@ cmd_workers(struct ctl_conn *cc)
 		const struct worker_snapshot *ws = &cc->snaps[w];
 		unsigned conns = 0, inflight = 0;
 		for (size_t i = 0; i < ws->npools; i++) {
-			for (int k = 0; k < 4; k++)
+			for (int k = 0; k < 5; k++)
 				conns += ws->pools[i].counts[k];
 			inflight += ws->pools[i].inflight;
 		}

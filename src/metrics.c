@@ -67,6 +67,10 @@ static unsigned long long get_probes(const struct pool_snapshot *m,
     unsigned d) { (void)d; return m->stats.probes; }
 static unsigned long long get_marked(const struct pool_snapshot *m,
     unsigned d) { (void)d; return m->stats.marked_down; }
+static unsigned long long get_sessions(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.sessions; }
+static unsigned long long get_exhausted(const struct pool_snapshot *m,
+    unsigned d) { (void)d; return m->stats.exhausted; }
 static unsigned long long get_inflight(const struct pool_snapshot *m,
     unsigned d) { (void)d; return m->inflight; }
 static unsigned long long get_up(const struct pool_snapshot *m,
@@ -77,7 +81,7 @@ format_connections(struct evbuffer *out, const struct config *cfg,
     const struct worker_snapshot *snaps, unsigned n)
 {
 	static const char *const states[] = { "connecting", "idle", "active",
-	    "probing" };
+	    "probing", "dedicated" };
 
 	family(out, "server_connections", "gauge",
 	    "Open connections to the server, all workers, by state.");
@@ -85,7 +89,7 @@ format_connections(struct evbuffer *out, const struct config *cfg,
 		struct pool_snapshot m;
 		unsigned down;
 		stats_merge_pool(snaps, n, i, &m, &down);
-		for (int k = 0; k < 4; k++) {
+		for (int k = 0; k < 5; k++) {
 			evbuffer_add_printf(out, "sidepool_server_connections{");
 			server_labels(out, cfg, u, s);
 			evbuffer_add_printf(out, ",state=\"%s\"} %u\n", states[k],
@@ -214,6 +218,12 @@ metrics_format(struct evbuffer *out, const struct config *cfg,
 	    "Health probes sent on idle connections.", get_probes);
 	server_metric(out, cfg, snaps, n, "server_marked_down_total",
 	    "counter", "Times a worker marked the server down.", get_marked);
+	server_metric(out, cfg, snaps, n, "server_sessions_total", "counter",
+	    "Connections given to one client for a session (MULTI, SUBSCRIBE, "
+	    "blocking commands).", get_sessions);
+	server_metric(out, cfg, snaps, n, "server_sessions_refused_total",
+	    "counter", "Sessions refused: every connection was in use.",
+	    get_exhausted);
 	server_metric(out, cfg, snaps, n, "server_requests_in_flight", "gauge",
 	    "Requests waiting for the server's reply.", get_inflight);
 	format_connections(out, cfg, snaps, n);

@@ -24,6 +24,9 @@ const char *const close_reason_names[CLOSE_REASON_COUNT] = {
 	[CLOSE_REQUEST_TIMEOUT] = "request_timeout",
 	[CLOSE_PROBE_FAILED] = "probe_failed",
 	[CLOSE_MAX_LIFETIME] = "max_lifetime",
+	[CLOSE_SETUP_FAILED] = "setup_failed",
+	[CLOSE_ABANDONED] = "abandoned",
+	[CLOSE_RESET] = "reset",
 	[CLOSE_SHUTDOWN] = "shutdown",
 };
 
@@ -32,6 +35,7 @@ static const char *const state_names[BACKEND_STATE_COUNT] = {
 	[BACKEND_IDLE] = "idle",
 	[BACKEND_ACTIVE] = "active",
 	[BACKEND_PROBING] = "probing",
+	[BACKEND_DEDICATED] = "dedicated",
 	[BACKEND_CLOSED] = "closed",
 };
 
@@ -86,7 +90,8 @@ unsigned
 pool_total(const struct pool *p)
 {
 	return p->count[BACKEND_CONNECTING] + p->count[BACKEND_IDLE] +
-	    p->count[BACKEND_ACTIVE] + p->count[BACKEND_PROBING];
+	    p->count[BACKEND_ACTIVE] + p->count[BACKEND_PROBING] +
+	    p->count[BACKEND_DEDICATED];
 }
 
 static uint64_t
@@ -230,10 +235,10 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 		return b;
 	}
 	b = TAILQ_FIRST(&p->lists[BACKEND_ACTIVE]);
-	if (b != NULL && b->ninflight < p->pipeline_depth)
+	if (b != NULL && b->ninflight < p->pipeline_depth && b->paused == 0)
 		return rotate(p, BACKEND_ACTIVE);
 	b = TAILQ_FIRST(&p->lists[BACKEND_CONNECTING]);
-	if (b != NULL && b->ninflight < p->pipeline_depth)
+	if (b != NULL && b->owner == NULL && b->ninflight < p->pipeline_depth)
 		return rotate(p, BACKEND_CONNECTING);
 	if (pool_total(p) < p->max_connections) {
 		b = p->ops->open(p, err, errlen);
@@ -244,11 +249,56 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 	}
 	if (p->count[BACKEND_ACTIVE] > 0)
 		return rotate(p, BACKEND_ACTIVE);
-	if (p->count[BACKEND_CONNECTING] > 0)
-		return rotate(p, BACKEND_CONNECTING);
-	snprintf(err, errlen, "no connection to %s available (all %u are "
-	    "being probed)", p->server->addr.text, pool_total(p));
+	TAILQ_FOREACH(b, &p->lists[BACKEND_CONNECTING], pool_link)
+		if (b->owner == NULL)
+			return b;
+	snprintf(err, errlen, "no connection to %s available: all %u are "
+	    "held by clients' sessions or being probed (raise "
+	    "max_connections)", p->server->addr.text, pool_total(p));
 	return NULL;
+}
+
+/*
+ * A connection for one client alone, for as long as its session lasts
+ * (MULTI..EXEC, SUBSCRIBE, a blocking command). Never one with other
+ * clients' requests on it: an idle one, or a new one within the limit.
+ */
+struct backend *
+pool_acquire_dedicated(struct pool *p, uint64_t now, char *err, size_t errlen)
+{
+	struct backend *b;
+
+	if (p->down) {
+		p->stats.fast_failures++;
+		snprintf(err, errlen, "server %s down (%s)",
+		    p->server->addr.text, p->last_error);
+		return NULL;
+	}
+	if ((b = TAILQ_FIRST(&p->lists[BACKEND_IDLE])) != NULL) {
+		pool_set_state(b, BACKEND_DEDICATED, now);
+		return b;
+	}
+	if (pool_total(p) < p->max_connections)
+		return p->ops->open(p, err, errlen); /* dedicated once up */
+	p->stats.exhausted++;
+	snprintf(err, errlen, "pool exhausted: all %u connections to %s are "
+	    "in use and a session needs one of its own (raise "
+	    "max_connections)", p->max_connections, p->server->addr.text);
+	return NULL;
+}
+
+/* The session is over: back to sharing, or idle, or retired. */
+void
+pool_release_dedicated(struct backend *b, uint64_t now)
+{
+	b->owner = NULL;
+	b->owner_lost = NULL;
+	if (b->state != BACKEND_DEDICATED)
+		return; /* still connecting: it joins the pool once up */
+	if (b->ninflight > 0)
+		pool_set_state(b, BACKEND_ACTIVE, now);
+	else
+		pool_release(b, now);
 }
 
 static void
@@ -363,14 +413,21 @@ expire_busy(struct pool *p, uint64_t now)
 		p->ops->close(b, CLOSE_PROBE_FAILED, "probe timeout");
 	if (p->request_timeout_ms == 0)
 		return;
-	for (b = TAILQ_LAST(&p->lists[BACKEND_ACTIVE], backend_list);
-	    b != NULL; b = prev) {
-		prev = TAILQ_PREV(b, backend_list, pool_link);
-		struct request *oldest = TAILQ_FIRST(&b->inflight);
-		if (oldest != NULL &&
-		    now - oldest->sent_us / 1000 >= p->request_timeout_ms)
-			p->ops->close(b, CLOSE_REQUEST_TIMEOUT,
-			    "request timeout");
+	static const enum backend_state busy[] = { BACKEND_ACTIVE,
+	    BACKEND_DEDICATED };
+	for (size_t k = 0; k < 2; k++) {
+		for (b = TAILQ_LAST(&p->lists[busy[k]], backend_list);
+		    b != NULL; b = prev) {
+			prev = TAILQ_PREV(b, backend_list, pool_link);
+			struct request *oldest = TAILQ_FIRST(&b->inflight);
+			/* A paused connection waits for our own slow client,
+			 * not for the server. */
+			if (oldest != NULL && !oldest->no_timeout &&
+			    b->paused == 0 &&
+			    now - oldest->sent_us / 1000 >= p->request_timeout_ms)
+				p->ops->close(b, CLOSE_REQUEST_TIMEOUT,
+				    "request timeout");
+		}
 	}
 }
 

@@ -90,6 +90,9 @@ void pool_configure(struct pool *p, const struct cfg_upstream *up,
     const struct cfg_server *server);
 struct backend *pool_acquire(struct pool *p, uint64_t now, char *err,
     size_t errlen);
+struct backend *pool_acquire_dedicated(struct pool *p, uint64_t now,
+    char *err, size_t errlen);
+void pool_release_dedicated(struct backend *b, uint64_t now);
 void pool_add(struct pool *p, struct backend *b, enum backend_state s,
     uint64_t now);
 void pool_set_state(struct backend *b, enum backend_state s, uint64_t now);

@@ -29,6 +29,18 @@ enum proto_verdict {
 	PV_LOCAL_CLOSE, /* answered here (reply may be empty); then close the client */
 	PV_SKIP,        /* ri.len bytes that ask for nothing (empty line, "*0") */
 	PV_ERROR_CLOSE, /* bad input: send ri.reply, then close the client */
+	PV_WAIT,        /* needs another connection: call again once nothing
+			   of this client's is in flight (ri.can_switch) */
+};
+
+/* What a request needs from the server connection it runs on. */
+enum session_need {
+	NEED_SHARED,    /* any pooled connection, multiplexed with others */
+	NEED_DEDICATED, /* the client's own connection, kept while the
+			   protocol says a session lasts (MULTI, WATCH, BLPOP) */
+	NEED_STREAM,    /* the client's own connection, and every byte the
+			   server sends goes back in arrival order (SUBSCRIBE,
+			   MONITOR): replies are not one per request */
 };
 
 /* What the protocol learned about one request. */
@@ -37,6 +49,17 @@ struct reqinfo {
 	uint32_t pflags;        /* protocol's notes for its reply parser (noreply...) */
 	struct evbuffer *reply; /* where PV_LOCAL / PV_ERROR_CLOSE write (caller's) */
 	const char *name;       /* command name, for logs and stats (static storage) */
+
+	/* Given by the caller. */
+	const struct cfg_upstream *upstream;
+	uint64_t client_id;
+	bool has_dedicated;     /* the client holds its own connection */
+	bool can_switch;        /* nothing of the client's is in flight */
+
+	/* Set by the protocol (zero: a plain multiplexed request). */
+	enum session_need need;
+	bool no_timeout;        /* blocks by design: request_timeout does not apply */
+	bool drop_session;      /* close the client's own connection (RESET) */
 };
 
 enum reply_verdict {
@@ -82,12 +105,37 @@ struct proto {
 
 	/* Append a health probe request (PING, "mn") whose reply the proxy reads. */
 	void (*probe)(struct evbuffer *out);
-	/* Is the reply (len bytes at the head of in) the healthy answer to the
-	 * probe? NULL: any well-formed reply is. */
-	bool (*probe_ok)(struct evbuffer *in, size_t len);
+	/* Is the reply (len bytes at the head of in) the healthy answer to a
+	 * probe or to an internal command (AUTH, SELECT)? NULL: any
+	 * well-formed reply is. */
+	bool (*reply_ok)(struct evbuffer *in, size_t len);
 
 	/* Fill in limits left at 0 in the config with this protocol's defaults. */
 	void (*default_limits)(struct cfg_limits *lim);
+
+	/*
+	 * Sessions: all optional (NULL for a protocol without them).
+	 * req_free releases what the client's state holds. session_active
+	 * says whether the client still needs its own connection;
+	 * session_reset forgets the session (its connection was lost).
+	 * reply_seen is told of every reply delivered to the client (and of
+	 * every message of a stream). prepare appends commands a connection
+	 * needs before this client's request (SELECT of its database) and
+	 * says how many; handshake those a new connection needs (AUTH).
+	 * abandon appends what leaves a session cleanly when its client has
+	 * gone (DISCARD) and says how many, or -1 when the connection must
+	 * be closed instead (a blocking command or subscriptions).
+	 */
+	void (*req_free)(void *state);
+	bool (*session_active)(const void *state);
+	void (*session_reset)(void *state);
+	void (*reply_seen)(void *state, uint32_t pflags, struct evbuffer *in,
+	    size_t len);
+	unsigned (*prepare)(void *conn_state, void *state, uint32_t pflags,
+	    struct evbuffer *out);
+	unsigned (*handshake)(void *conn_state, const struct cfg_upstream *up,
+	    struct evbuffer *out);
+	int (*abandon)(void *state, struct evbuffer *out);
 };
 
 extern const struct proto redis_proto;

@@ -12,6 +12,7 @@
 
 #include "command.h"
 #include "proto.h"
+#include "redis_session.h"
 #include "resp.h"
 
 #define PEEK_VECS 16
@@ -20,22 +21,37 @@ struct redis_req_state {
 	struct resp_req_parser p;
 	size_t off;  /* bytes of the current request already fed */
 	bool mid;    /* a request has been started */
+	struct redis_session session;
 };
 
 struct redis_reply_state {
 	struct resp_reply_parser p;
 	size_t off;
 	bool mid;
+	struct redis_conn conn;
 };
+
+static void
+start_request(struct redis_req_state *st)
+{
+	resp_req_init(&st->p);
+	st->off = 0;
+	st->mid = false;
+}
 
 static void
 req_init(void *state)
 {
 	struct redis_req_state *st = state;
 
-	resp_req_init(&st->p);
-	st->off = 0;
-	st->mid = false;
+	start_request(st);
+	session_init(&st->session);
+}
+
+static void
+req_free(void *state)
+{
+	session_free(&((struct redis_req_state *)state)->session);
 }
 
 static void
@@ -67,16 +83,6 @@ add_bulk(struct evbuffer *out, const char *s, size_t len)
 	evbuffer_add_printf(out, "$%zu\r\n", len);
 	evbuffer_add(out, s, len);
 	evbuffer_add(out, "\r\n", 2);
-}
-
-static void
-upper_name(const struct resp_req_parser *p, char *buf, size_t size)
-{
-	size_t n = p->namelen < size - 1 ? p->namelen : size - 1;
-
-	for (size_t i = 0; i < n; i++)
-		buf[i] = (char)toupper((unsigned char)p->name[i]);
-	buf[n] = '\0';
 }
 
 /* Feed the parser the bytes of `in` it has not seen yet. */
@@ -175,88 +181,21 @@ done:
 	return v;
 }
 
-/* XREAD and XREADGROUP block only when asked to: look for BLOCK. */
-static bool
-asks_to_block(struct evbuffer *in, size_t len)
-{
-	const char *req = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
-	const char *argv[64];
-	size_t argvlen[64];
-	int argc = resp_argv(req, len, argv, argvlen, 64);
-
-	if (argc < 0)
-		return true; /* too many options to be sure: assume it blocks */
-	for (int i = 1; i < argc; i++) {
-		if (argvlen[i] == 7 && strncasecmp(argv[i], "streams", 7) == 0)
-			return false;
-		if (argvlen[i] == 5 && strncasecmp(argv[i], "block", 5) == 0)
-			return true;
-	}
-	return false;
-}
-
-static enum proto_verdict
-answer_locally(const struct resp_req_parser *p, struct evbuffer *in,
-    struct reqinfo *ri)
-{
-	const char *req = (const char *)evbuffer_pullup(in,
-	    (ev_ssize_t)ri->len);
-	const char *argv[3];
-	size_t argvlen[3];
-	int argc = resp_argv(req, ri->len, argv, argvlen, 3);
-	bool ping = p->namelen == 4 && memcmp(p->name, "ping", 4) == 0;
-
-	if (p->namelen == 4 && memcmp(p->name, "quit", 4) == 0) {
-		evbuffer_add(ri->reply, "+OK\r\n", 5);
-		return PV_LOCAL_CLOSE;
-	}
-	if (ping && argc == 1) {
-		evbuffer_add(ri->reply, "+PONG\r\n", 7);
-	} else if (argc == 2) {
-		add_bulk(ri->reply, argv[1], argvlen[1]);
-	} else {
-		add_error(ri->reply, "wrong number of arguments for '%s' "
-		    "command", ping ? "ping" : "echo");
-	}
-	return PV_LOCAL;
-}
-
 static enum proto_verdict
 classify(struct redis_req_state *st, struct evbuffer *in, struct reqinfo *ri)
 {
 	const struct resp_req_parser *p = &st->p;
-	char name[RESP_NAME_MAX + 1], arg1[RESP_ARG_MAX];
+	const struct command *cmd = NULL;
 
 	if (p->argc <= 0)
 		return PV_SKIP;
-	if (p->name_truncated)
-		return PV_FORWARD; /* no such command: the server will say so */
-	const struct command *cmd = command_lookup(p->name, p->namelen);
-	if (cmd == NULL)
-		return PV_FORWARD;
-	ri->name = cmd->name;
-	for (size_t i = 0; i < p->arg1len; i++)
-		arg1[i] = (char)tolower((unsigned char)p->arg1[i]);
-	enum cmd_policy policy = command_policy(cmd, arg1, p->arg1len);
-	if ((cmd->flags & CMDF_MAY_BLOCK) && policy == CMD_FORWARD &&
-	    asks_to_block(in, ri->len))
-		policy = CMD_STATEFUL;
-	upper_name(p, name, sizeof(name));
-	switch (policy) {
-	case CMD_FORWARD:
-		return PV_FORWARD;
-	case CMD_LOCAL:
-		return answer_locally(p, in, ri);
-	case CMD_STATEFUL:
-		add_error(ri->reply, "sidepool: %s would change the state of a "
-		    "shared server connection; it is not supported yet", name);
-		return PV_LOCAL;
-	case CMD_REFUSED:
-		add_error(ri->reply, "sidepool: %s is not allowed through the "
-		    "proxy", name);
-		return PV_LOCAL;
-	}
-	abort();
+	if (!p->name_truncated)
+		cmd = command_lookup(p->name, p->namelen);
+	if (cmd != NULL)
+		ri->name = cmd->name;
+	/* A name too long to be a command is unknown: the server says so. */
+	return session_dispatch(&st->session, cmd, p->name,
+	    p->name_truncated ? 0 : p->namelen, in, ri);
 }
 
 static enum proto_verdict
@@ -275,7 +214,7 @@ parse_request(void *state, struct evbuffer *in, const struct cfg_limits *lim,
 			if (v != PV_FORWARD)
 				return v;
 		}
-		req_init(st);
+		start_request(st);
 		st->mid = true;
 	}
 	to_resp_limits(lim, &rl);
@@ -289,9 +228,20 @@ parse_request(void *state, struct evbuffer *in, const struct cfg_limits *lim,
 	case RESP_OK:
 		break;
 	}
-	st->mid = false;
 	ri->len = st->off;
-	return classify(st, in, ri);
+	enum proto_verdict v = classify(st, in, ri);
+	/* The next call starts afresh: a new request, or this one again
+	 * after PV_WAIT (it is still at the head of in). */
+	start_request(st);
+	return v;
+}
+
+static void
+start_reply(struct redis_reply_state *st)
+{
+	resp_reply_init(&st->p);
+	st->off = 0;
+	st->mid = false;
 }
 
 static void
@@ -299,9 +249,9 @@ reply_init(void *state)
 {
 	struct redis_reply_state *st = state;
 
-	resp_reply_init(&st->p);
-	st->off = 0;
-	st->mid = false;
+	start_reply(st);
+	st->conn.db = 0;
+	st->conn.in_multi = false;
 }
 
 static bool
@@ -325,7 +275,7 @@ parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 	struct redis_reply_state *st = state;
 
 	if (!st->mid) {
-		reply_init(st);
+		start_reply(st);
 		st->mid = true;
 	}
 	while (st->off < evbuffer_get_length(in)) {
@@ -375,7 +325,7 @@ probe(struct evbuffer *out)
 
 /* +PONG; an error (LOADING, NOAUTH...) means the server cannot serve. */
 static bool
-probe_ok(struct evbuffer *in, size_t len)
+reply_ok(struct evbuffer *in, size_t len)
 {
 	char first;
 
@@ -399,6 +349,47 @@ default_limits(struct cfg_limits *lim)
 		lim->max_output = 64ULL << 20;
 }
 
+static bool
+session_active_hook(const void *state)
+{
+	return session_active(&((const struct redis_req_state *)state)->session);
+}
+
+static void
+session_reset_hook(void *state)
+{
+	session_reset(&((struct redis_req_state *)state)->session);
+}
+
+static void
+reply_seen_hook(void *state, uint32_t pflags, struct evbuffer *in, size_t len)
+{
+	session_reply_seen(&((struct redis_req_state *)state)->session, pflags,
+	    in, len);
+}
+
+static unsigned
+prepare_hook(void *conn_state, void *state, uint32_t pflags,
+    struct evbuffer *out)
+{
+	return session_prepare(&((struct redis_reply_state *)conn_state)->conn,
+	    &((struct redis_req_state *)state)->session, pflags, out);
+}
+
+static unsigned
+handshake_hook(void *conn_state, const struct cfg_upstream *up,
+    struct evbuffer *out)
+{
+	return session_handshake(
+	    &((struct redis_reply_state *)conn_state)->conn, up, out);
+}
+
+static int
+abandon_hook(void *state, struct evbuffer *out)
+{
+	return session_abandon(&((struct redis_req_state *)state)->session, out);
+}
+
 const struct proto redis_proto = {
 	.name = "redis",
 	.req_state_size = sizeof(struct redis_req_state),
@@ -409,6 +400,13 @@ const struct proto redis_proto = {
 	.parse_reply = parse_reply,
 	.error_reply = error_reply,
 	.probe = probe,
-	.probe_ok = probe_ok,
+	.reply_ok = reply_ok,
 	.default_limits = default_limits,
+	.req_free = req_free,
+	.session_active = session_active_hook,
+	.session_reset = session_reset_hook,
+	.reply_seen = reply_seen_hook,
+	.prepare = prepare_hook,
+	.handshake = handshake_hook,
+	.abandon = abandon_hook,
 };

@@ -5,7 +5,8 @@
  * must go back in) and its backend connection's (the order the server
  * answers in). The reply travels back through req->done, the completion
  * callback the client installed, so backend.c never knows what a client is.
- * The callback takes ownership of the request. A client that leaves sets
+ * The callback takes ownership of the request; req->backend still names
+ * the connection the reply came from while it runs. A client that leaves sets
  * req->client to NULL: the backend then reads the reply, throws it away and
  * frees the request, and the shared connection stays in step.
  */
@@ -42,6 +43,9 @@ struct request {
 	uint64_t sent_us;           /* when it was handed to the backend */
 	uint32_t pflags;            /* the protocol's notes for the reply parser */
 	enum request_state state;
+	bool no_timeout;            /* blocks by design (BLPOP): never timed out */
+	bool internal;              /* sidepool's own (probe, AUTH, SELECT) */
+	bool stream;                /* takes every reply until ended (SUBSCRIBE) */
 };
 
 TAILQ_HEAD(request_queue, request);

@@ -44,7 +44,7 @@ stats_merge_pool(const struct worker_snapshot *snaps, unsigned n,
 	*down_workers = 0;
 	for (unsigned w = 0; w < n; w++) {
 		const struct pool_snapshot *p = &snaps[w].pools[index];
-		for (int i = 0; i < 4; i++)
+		for (int i = 0; i < 5; i++)
 			m->counts[i] += p->counts[i];
 		m->inflight += p->inflight;
 		m->stats.opened += p->stats.opened;
@@ -56,6 +56,8 @@ stats_merge_pool(const struct worker_snapshot *snaps, unsigned n,
 		m->stats.probes += p->stats.probes;
 		m->stats.marked_down += p->stats.marked_down;
 		m->stats.fast_failures += p->stats.fast_failures;
+		m->stats.exhausted += p->stats.exhausted;
+		m->stats.sessions += p->stats.sessions;
 		m->stats.bytes_sent += p->stats.bytes_sent;
 		m->stats.bytes_received += p->stats.bytes_received;
 		m->stats.latency_sum_us += p->stats.latency_sum_us;

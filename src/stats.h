@@ -24,6 +24,9 @@ enum close_reason {
 	CLOSE_REQUEST_TIMEOUT,
 	CLOSE_PROBE_FAILED,   /* an idle probe got no answer, or a wrong one */
 	CLOSE_MAX_LIFETIME,   /* retired after pool.max_lifetime */
+	CLOSE_SETUP_FAILED,   /* the server refused AUTH or SELECT */
+	CLOSE_ABANDONED,      /* its client left mid-session (blocked, subscribed) */
+	CLOSE_RESET,          /* its client sent RESET */
 	CLOSE_SHUTDOWN,
 	CLOSE_REASON_COUNT
 };
@@ -42,6 +45,8 @@ struct pool_stats {
 	uint64_t probes;
 	uint64_t marked_down;   /* times the server was marked down */
 	uint64_t fast_failures; /* requests refused at once: server down */
+	uint64_t exhausted;     /* sessions refused: no connection to dedicate */
+	uint64_t sessions;      /* connections dedicated to a client's session */
 	uint64_t replies;
 	uint64_t bytes_sent;    /* to the server */
 	uint64_t bytes_received;
@@ -65,7 +70,7 @@ struct worker_stats {
 
 /* What one worker tells the control socket about one of its pools. */
 struct pool_snapshot {
-	unsigned counts[4];        /* connecting, idle, active, probing */
+	unsigned counts[5];        /* connecting, idle, active, probing, dedicated */
 	unsigned inflight;         /* requests waiting for a reply */
 	struct pool_stats stats;
 	bool down;

@@ -480,9 +480,12 @@ snapshot_pool(const struct pool *p, uint64_t now, struct pool_snapshot *ps)
 	ps->counts[1] = p->count[BACKEND_IDLE];
 	ps->counts[2] = p->count[BACKEND_ACTIVE];
 	ps->counts[3] = p->count[BACKEND_PROBING];
+	ps->counts[4] = p->count[BACKEND_DEDICATED];
 	TAILQ_FOREACH(b, &p->lists[BACKEND_ACTIVE], pool_link)
 		ps->inflight += b->ninflight;
 	TAILQ_FOREACH(b, &p->lists[BACKEND_CONNECTING], pool_link)
+		ps->inflight += b->ninflight;
+	TAILQ_FOREACH(b, &p->lists[BACKEND_DEDICATED], pool_link)
 		ps->inflight += b->ninflight;
 	ps->stats = p->stats;
 	ps->down = p->down;

@@ -33,6 +33,7 @@
 
 #include <event2/buffer.h>
 
+#include "config.h"
 #include "proto.h"
 #include "resp.h"
 
@@ -138,8 +139,29 @@ one_reply(struct evbuffer *b)
 
 /* ---- requests: client.c's process_input without the sockets ---- */
 
+/*
+ * The server, as far as the session logic sees it: the reply to the k-th
+ * request forwarded is replies[(k + shift) % NREPLIES], whatever the
+ * request was (a server may answer anything, an error above all).
+ */
+static const char *const replies[] = {
+	"+OK\r\n",
+	"-ERR no\r\n",
+	":1\r\n",
+	"$-1\r\n",
+	"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n",
+	"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+	"*-1\r\n",
+	"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n:0\r\n",
+	"*4\r\n$8\r\npmessage\r\n$1\r\np\r\n$1\r\nc\r\n$1\r\nm\r\n",
+	"+PONG\r\n",
+};
+#define NREPLIES (sizeof(replies) / sizeof(replies[0]))
+#define MAX_INFLIGHT 4096
+
 struct req_run {
 	const struct cfg_limits *lim;
+	const struct cfg_upstream *up;
 	void *state;
 	struct evbuffer *in;
 	struct evbuffer *scratch; /* client.c reuses one for every reply */
@@ -147,6 +169,18 @@ struct req_run {
 	size_t last;              /* where the last entry of log starts */
 	bool closed;
 	bool size_close;          /* closed for a size limit */
+	bool too_big_waiting;     /* K1/K2 seen on a request now waiting */
+
+	/* client.c's view of the client's server connections */
+	void *shared_conn;        /* parser state of a pooled connection */
+	void *own_conn;           /* of the client's own connection */
+	bool has_dedicated;
+	bool stream;
+	uint32_t inflight[MAX_INFLIGHT]; /* pflags of requests sent */
+	size_t ninflight;         /* nsent */
+	size_t nstream;           /* stream requests whose reply is owed */
+	size_t nforwarded;
+	unsigned shift;
 };
 
 /* What goes to the server: one multibulk request, at least one argument. */
@@ -165,6 +199,26 @@ check_forwarded(const struct cfg_limits *lim, struct evbuffer *fwd)
 	resp_req_init(&p);
 	CHECK(resp_req_feed(&p, &rl, s, n, &used) == RESP_OK);
 	CHECK(used == n && p.argc >= 1);
+}
+
+/* b holds exactly n whole requests (internal commands: SELECT, AUTH...). */
+static void
+check_requests(struct evbuffer *b, int n)
+{
+	size_t len = evbuffer_get_length(b), off = 0, used;
+	const char *s = (const char *)evbuffer_pullup(b, -1);
+	struct resp_req_parser p;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		resp_req_init(&p);
+		CHECK(off < len);
+		CHECK(resp_req_feed(&p, NULL, s + off, len - off, &used) ==
+		    RESP_OK && p.argc >= 1);
+		off += used;
+	}
+	CHECK(off == len);
+	evbuffer_drain(b, len);
 }
 
 static void
@@ -207,21 +261,101 @@ inline_too_big(struct req_run *r)
 	    (uint64_t)nl.pos + 1 > r->lim->max_request_size);
 }
 
+/* client.c's release_dedicated / maybe_release. */
+static void
+maybe_release(struct req_run *r)
+{
+	if (!r->has_dedicated || r->ninflight > 0 || r->stream)
+		return;
+	if (P->session_active != NULL && P->session_active(r->state))
+		return;
+	r->has_dedicated = false;
+}
+
+static void
+reply_seen(struct req_run *r, uint32_t pflags)
+{
+	const char *rep = replies[(r->nforwarded++ + r->shift) % NREPLIES];
+	struct evbuffer *b = evbuffer_new();
+
+	CHECK(b != NULL);
+	evbuffer_add(b, rep, strlen(rep));
+	if (P->reply_seen != NULL)
+		P->reply_seen(r->state, pflags, b, evbuffer_get_length(b));
+	evbuffer_free(b);
+}
+
+/* Every reply owed arrives: on_request_done and on_stream_reply. */
+static void
+deliver(struct req_run *r)
+{
+	size_t i;
+
+	for (i = 0; i < r->ninflight; i++)
+		reply_seen(r, r->inflight[i]);
+	r->ninflight = 0;
+	for (; r->stream && r->nstream > 0; r->nstream--) {
+		reply_seen(r, 0);
+		if (P->session_active != NULL && !P->session_active(r->state))
+			r->stream = false;
+	}
+	r->nstream = 0;
+	maybe_release(r);
+}
+
+/* A request on its way: what the connection is told first, and the
+ * request itself (client.c's forward_request). */
+static void
+forward(struct req_run *r, const struct reqinfo *ri)
+{
+	struct evbuffer *out = evbuffer_new();
+	void *conn;
+
+	CHECK(out != NULL);
+	if (!r->has_dedicated && ri->need != NEED_SHARED)
+		r->has_dedicated = true;
+	conn = r->has_dedicated ? r->own_conn : r->shared_conn;
+	if (P->prepare != NULL)
+		check_requests(out, (int)P->prepare(conn, r->state, ri->pflags,
+		    out));
+	evbuffer_free(out);
+	if (ri->need == NEED_STREAM || r->stream) {
+		r->stream = true;
+		r->nstream++;
+		return;
+	}
+	CHECK(r->ninflight < MAX_INFLIGHT);
+	r->inflight[r->ninflight++] = ri->pflags;
+}
+
 static void
 req_drive(struct req_run *r)
 {
 	while (!r->closed && evbuffer_get_length(r->in) > 0) {
-		struct reqinfo ri = { .reply = r->scratch };
+		struct reqinfo ri = {
+			.reply = r->scratch,
+			.upstream = r->up,
+			.client_id = 7,
+			.has_dedicated = r->has_dedicated,
+			.can_switch = r->ninflight == 0,
+		};
 		enum proto_verdict v;
 		bool too_big;
 
 		CHECK(evbuffer_get_length(r->scratch) == 0);
-		too_big = inline_too_big(r);
+		/* an inline line rewritten before a PV_WAIT is still one */
+		too_big = inline_too_big(r) || r->too_big_waiting;
+		r->too_big_waiting = false;
 		v = P->parse_request(r->state, r->in, r->lim, &ri);
-		if (v != PV_NEED_MORE && v != PV_ERROR_CLOSE &&
+		if (ri.drop_session) {
+			r->has_dedicated = false;
+			r->stream = false;
+			r->nstream = 0;
+		}
+		if (v != PV_NEED_MORE && v != PV_ERROR_CLOSE && v != PV_WAIT &&
 		    ri.len > r->lim->max_request_size)
 			too_big = true;
-		if (too_big && v != PV_ERROR_CLOSE) {
+		if (too_big && v != PV_ERROR_CLOSE && v != PV_WAIT) {
 			KNOWN_BUG(K1_K2);
 			evbuffer_drain(r->scratch,
 			    evbuffer_get_length(r->scratch));
@@ -236,6 +370,13 @@ req_drive(struct req_run *r)
 			    r->lim->max_request_size)
 				size_close(r);
 			return;
+		case PV_WAIT:
+			/* waiting with nothing in flight waits forever */
+			CHECK(!ri.can_switch);
+			r->too_big_waiting = too_big;
+			CHECK(evbuffer_get_length(r->scratch) == 0);
+			deliver(r);
+			break;
 		case PV_FORWARD: {
 			struct evbuffer *fwd = evbuffer_new();
 
@@ -245,8 +386,10 @@ req_drive(struct req_run *r)
 			CHECK(evbuffer_remove_buffer(r->in, fwd, ri.len) ==
 			    (int)ri.len);
 			check_forwarded(r->lim, fwd);
+			forward(r, &ri);
 			r->last = evbuffer_get_length(r->log);
-			evbuffer_add_printf(r->log, "F%zu:", ri.len);
+			evbuffer_add_printf(r->log, "F%zu:%d:", ri.len,
+			    (int)ri.need);
 			evbuffer_add_buffer(r->log, fwd);
 			evbuffer_add(r->log, "|", 1);
 			evbuffer_free(fwd);
@@ -285,11 +428,46 @@ req_drive(struct req_run *r)
 	}
 }
 
-static struct req_run
-req_run(const struct cfg_limits *lim, const char *s, size_t len,
-    uint8_t seed)
+/* The client goes: client.c's client_close (abandon_session, req_free). */
+static void
+leave(struct req_run *r)
 {
-	struct req_run r = { .lim = lim };
+	struct evbuffer *out = evbuffer_new();
+	int n;
+
+	CHECK(out != NULL);
+	if (r->has_dedicated && P->abandon != NULL) {
+		n = r->stream ? -1 : P->abandon(r->state, out);
+		CHECK(n >= -1);
+		if (n >= 0)
+			check_requests(out, n);
+		else
+			CHECK(evbuffer_get_length(out) == 0);
+	}
+	evbuffer_free(out);
+	if (P->req_free != NULL)
+		P->req_free(r->state);
+}
+
+static void *
+new_conn(const struct cfg_upstream *up)
+{
+	void *conn = calloc(1, P->reply_state_size);
+	struct evbuffer *out = evbuffer_new();
+
+	CHECK(conn != NULL && out != NULL);
+	P->reply_init(conn);
+	if (P->handshake != NULL)
+		check_requests(out, (int)P->handshake(conn, up, out));
+	evbuffer_free(out);
+	return conn;
+}
+
+static struct req_run
+req_run(const struct cfg_upstream *up, const char *s, size_t len,
+    uint8_t seed, unsigned shift)
+{
+	struct req_run r = { .lim = &up->limits, .up = up, .shift = shift };
 	struct chunker ch;
 	size_t pos = 0;
 
@@ -298,6 +476,8 @@ req_run(const struct cfg_limits *lim, const char *s, size_t len,
 	r.scratch = evbuffer_new();
 	r.log = evbuffer_new();
 	CHECK(r.state && r.in && r.scratch && r.log);
+	r.shared_conn = new_conn(up);
+	r.own_conn = new_conn(up);
 	P->req_init(r.state);
 	chunker_init(&ch, seed);
 	while (pos < len && !r.closed) {
@@ -309,11 +489,14 @@ req_run(const struct cfg_limits *lim, const char *s, size_t len,
 	}
 	if (!r.closed)
 		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
+	leave(&r);
 	evbuffer_free(r.in);
 	evbuffer_free(r.scratch);
 	free(r.state);
+	free(r.shared_conn);
+	free(r.own_conn);
 	r.in = r.scratch = NULL;
-	r.state = NULL;
+	r.state = r.shared_conn = r.own_conn = NULL;
 	return r;
 }
 
@@ -449,17 +632,38 @@ same_requests(struct req_run a, struct req_run b)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct cfg_limits lim;
+	static char user0[] = "default", pw0[] = "pw", user1[] = "app",
+	    pw1[] = "secret", ref0[] = "flushall", ref1[] = "keys",
+	    auth_pw[] = "serverpw", name[] = "fuzz";
+	static struct cfg_user users[] = { { user0, pw0 }, { user1, pw1 } };
+	static char *refused[] = { ref0, ref1 };
+	struct cfg_upstream up;
 	const char *s;
 	size_t len;
 
-	if (size < 3)
+	if (size < 4)
 		return 0;
-	pick_limits(data[1], data[2], &lim);
-	s = (const char *)data + 3;
-	len = size - 3;
+	memset(&up, 0, sizeof(up));
+	up.name = name;
+	up.protocol = PROTO_REDIS;
+	up.databases = 16;
+	pick_limits(data[1], data[2], &up.limits);
+	/* byte 3: clients must AUTH, refused commands, AUTH to the server */
+	if (data[3] & 1) {
+		up.users = users;
+		up.nusers = 2;
+	}
+	if (data[3] & 2) {
+		up.refused = refused;
+		up.nrefused = 2;
+	}
+	if (data[3] & 4)
+		up.auth_password = auth_pw;
+	s = (const char *)data + 4;
+	len = size - 4;
 
-	same_requests(req_run(&lim, s, len, 0), req_run(&lim, s, len, data[0]));
+	same_requests(req_run(&up, s, len, 0, data[3] >> 4),
+	    req_run(&up, s, len, data[0], data[3] >> 4));
 	same(reply_run(s, len, 0), reply_run(s, len, data[0]));
 	check_error_reply(s, len);
 	return 0;

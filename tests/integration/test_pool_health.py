@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -168,6 +169,13 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+def sanitized():
+    """True when the daemon is built with AddressSanitizer (its quarantine
+    keeps freed memory resident)."""
+    with open(h.SIDEPOOL_BIN, "rb") as f:
+        return b"__asan_init" in f.read()
 
 
 def resp_bulk(b):
@@ -638,9 +646,9 @@ def stopped_request_timeout():
 # --------------------------------------------------------------------------
 # 8. a client leaves with 1,000 requests in flight
 
-@h.test("a client leaves with 1,000 pipelined INCRs in flight: all run exactly once, the "
-        "connection stays in service (no new one), another client's replies on it are "
-        "intact", timeout=30)
+@h.test("clients leave with 1,000 pipelined INCRs in flight (reset, close, close under "
+        "load): all run exactly once, the connection stays in service (no new one), "
+        "another client's replies on it are intact", timeout=30)
 def orphans():
     r = h.RedisServer()
     sp = start([r], pool={"size": 4, "max_connections": 8, "idle_timeout": "60s",
@@ -650,48 +658,64 @@ def orphans():
     y.call_ok("SET", "warm", "1")
     v0 = wait_view(sp, lambda v: v.idle() == 1, "one idle connection")
     assert v0.opened == 1, v0.summary()
-    burst = h.encode_many([("INCR", "counter")] * 1000)
 
-    # round 1: redis stopped, so all 1,000 are surely in flight when the
-    # client goes, and Y's requests queue behind them on the same connection
-    r.pause()
-    try:
+    def leave(key, abort):
+        """A client sends 1000 INCR key and is gone at once: close(), or
+        abort (SO_LINGER 0: a reset, so sidepool surely sees it gone)."""
         x = h.connect(sp.addr())
-        x.sendall(burst)
+        if abort:
+            x.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        x.sendall(h.encode_many([("INCR", key)] * 1000))
         x.close()
-        wait_view(sp, lambda v: v.clients["closed"] >= v0.clients["closed"] + 1 and
-                  v.pool["in_flight"] == 1000,
-                  "the client to be gone with 1000 requests in flight")
-        cmds, want = pairs("y1", 50)
-        y.send(h.encode_many(cmds))
-        wait_view(sp, lambda v: v.pool["in_flight"] == 1100,
-                  "Y's requests to join the orphans on the connection")
-    finally:
-        r.resume()
-    got = y.read_replies(len(want), timeout=10)
-    check_replies(got, want, "client Y behind 1000 orphans")
-    wait_value(lambda: r.call("GET", "counter"), b"1000", "counter")
 
-    # round 2: nothing stopped, the client closes right after sending
-    x = h.connect(sp.addr())
-    x.sendall(h.encode_many([("INCR", "counter2")] * 1000))
-    x.close()
-    cmds, want = pairs("y2", 200)
+    def behind(key, abort, rnd):
+        # redis stopped: the 1000 are surely in flight when the client goes,
+        # and Y's requests queue behind them on the same connection
+        before = view(sp)
+        r.pause()
+        try:
+            leave(key, abort)
+            if abort:
+                wait_view(sp, lambda v: v.clients["closed"] > before.clients["closed"] and
+                          v.pool["in_flight"] == 1000,
+                          "the reset client to be gone with its 1000 requests in flight")
+            else:
+                wait_view(sp, lambda v: v.pool["in_flight"] == 1000,
+                          "the 1000 requests of the closed client in flight")
+            cmds, want = pairs("y%d" % rnd, 50)
+            y.send(h.encode_many(cmds))
+            wait_view(sp, lambda v: v.pool["in_flight"] == 1100,
+                      "Y's requests to queue behind them on the same connection")
+        finally:
+            r.resume()
+        got = y.read_replies(len(want), timeout=10)
+        check_replies(got, want, "round %d: client Y behind 1000 requests of a client "
+                      "that left" % rnd)
+        wait_value(lambda: r.call("GET", key), b"1000", key)
+        wait_view(sp, lambda v: v.clients["current"] == 1, "the client that left to be closed")
+
+    behind("counter1", True, 1)
+    behind("counter2", False, 2)
+    # round 3: nothing stopped, the client closes right after sending, Y goes on
+    leave("counter3", False)
+    cmds, want = pairs("y3", 200)
     got = y.pipeline(cmds, timeout=10)
-    check_replies(got, want, "client Y while 1000 orphans drain")
-    wait_value(lambda: r.call("GET", "counter2"), b"1000", "counter2")
+    check_replies(got, want, "round 3: client Y while 1000 requests of a gone client drain")
+    wait_value(lambda: r.call("GET", "counter3"), b"1000", "counter3")
     # a later client uses the same connection
     with sp.client() as z:
         cmds, want = pairs("z", 20)
         check_replies(z.pipeline(cmds), want, "client Z")
-    v = wait_view(sp, lambda v: v.pool["in_flight"] == 0, "nothing in flight")
+    wait_view(sp, lambda v: v.pool["in_flight"] == 0 and v.clients["current"] == 1,
+              "nothing in flight, only Y connected")
     v = quiet_view(sp)
     assert v.opened == 1, "new connections were opened: %s" % v.summary()
     bad = {k: x for k, x in v.closed.items() if x}
     assert not bad, "connections were closed: %s; %s" % (bad, v.summary())
     assert v.srv["errors"] == 0, v.summary()
     time.sleep(0.2)  # the counters must not move past 1000 (nothing runs twice)
-    assert r.call("GET", "counter") == b"1000" and r.call("GET", "counter2") == b"1000"
+    got = [r.call("GET", "counter%d" % i) for i in (1, 2, 3)]
+    assert got == [b"1000"] * 3, "counters %r" % (got,)
     y.close()
     assert sp.alive()
 
@@ -849,6 +873,8 @@ def max_clients():
 @h.test("a client pipelines 20 x GET of a 20 MB value and does not read: sidepool's RSS "
         "stays bounded (max_output 8m), then all 20 replies arrive intact", timeout=60)
 def slow_reader():
+    if h.WRAPPER:
+        raise h.Skip("the RSS of a daemon under %s says nothing" % h.WRAPPER[0])
     r = h.RedisServer()
     sp = start([r], pool=NO_PROBES, request_timeout="30s",
                upstream_extra={"limits": {"max_output": "8m"}})
@@ -893,12 +919,15 @@ def slow_reader():
         assert c.call("PING") == "PONG"
         h.diag("read 20 x 20 MB in %.2fs" % (time.monotonic() - t1))
     c.close()
-    try:
-        h.poll_until(lambda: rss_kb(sp.pid) < base + 64 * 1024, h.scale(5),
-                     what="RSS to come back near the baseline")
-    except AssertionError:
-        problems.append("RSS %d kB 5s after the client left (baseline %d kB)" % (
-            rss_kb(sp.pid), base))
+    if sanitized():
+        h.diag("sanitizer build: its allocator keeps freed memory, RSS not checked after")
+    else:
+        try:
+            h.poll_until(lambda: rss_kb(sp.pid) < base + 64 * 1024, h.scale(5),
+                         what="RSS to come back near the baseline")
+        except AssertionError:
+            problems.append("RSS %d kB 5s after the client left (baseline %d kB)" % (
+                rss_kb(sp.pid), base))
     v = view(sp)
     h.diag(v.summary())
     assert sp.alive(), "sidepool died"

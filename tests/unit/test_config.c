@@ -586,7 +586,8 @@ START_TEST(test_unknown_key_names_location_and_expected_keys)
 	ck_assert_uint_eq(errs.n, 1);
 	ck_assert_str_eq(errs.msgs[0], "test.yml:7:5: unknown key 'pool_szie' "
 	    "in upstream 'redis' (expected one of: protocol, servers, pool, "
-	    "connect_timeout, request_timeout, failure_limit, retry_interval, "
+	    "connect_timeout, request_timeout, failure_limit, auth, "
+	    "client_auth, databases, refuse_commands, retry_interval, "
 	    "retry_max_interval, limits)");
 	config_errors_clear(&errs);
 	ck_assert_uint_eq(errs.n, 0);

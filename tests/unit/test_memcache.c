@@ -104,6 +104,10 @@ req_drive(struct req_run *r, const struct cfg_limits *lim)
 			log_bytes(r->log, "X:", reply);
 			r->closed = true;
 			break;
+		case PV_WAIT:
+			/* memcached has no connection state: never a session */
+			ck_abort_msg("memcache asked to wait");
+			break;
 		}
 		evbuffer_free(reply);
 		evbuffer_free(fwd);
@@ -1654,6 +1658,14 @@ START_TEST(proto_table_is_complete)
 	ck_assert_ptr_nonnull(P->error_reply);
 	ck_assert_ptr_nonnull(P->probe);
 	ck_assert_ptr_nonnull(P->default_limits);
+	/* no connection state to keep: none of the session hooks, and any
+	 * well-formed answer to "mn" is healthy (1.4/1.5 say ERROR to it) */
+	ck_assert_ptr_null(P->reply_ok);
+	ck_assert_ptr_null(P->req_free);
+	ck_assert_ptr_null(P->session_active);
+	ck_assert_ptr_null(P->prepare);
+	ck_assert_ptr_null(P->handshake);
+	ck_assert_ptr_null(P->abandon);
 }
 END_TEST
 

@@ -1,0 +1,915 @@
+/*
+ * redis_session.c - per-client Redis state, so that nothing one client
+ * sets on a server connection is ever seen by another.
+ *
+ * The rule, command by command:
+ * - AUTH, HELLO, SELECT, CLIENT SETNAME/GETNAME/ID/INFO/SETINFO, RESET,
+ *   PING, ECHO and QUIT are answered here. The database is the client's:
+ *   a pooled connection gets "SELECT n" in front of a request whenever its
+ *   database differs from the client's (session_prepare).
+ * - MULTI, WATCH and blocking commands take the client's own connection
+ *   (NEED_DEDICATED) until EXEC/DISCARD/UNWATCH or the reply; SUBSCRIBE
+ *   and MONITOR take it as a stream (NEED_STREAM) until every
+ *   subscription is gone. A client that leaves mid-session gets DISCARD or
+ *   UNWATCH sent for it, or its connection closed when that is not enough.
+ * - Commands a proxy cannot run for a client (CLIENT TRACKING, CLIENT
+ *   REPLY, CLIENT KILL/PAUSE, replication, SHUTDOWN...) are refused with
+ *   an error naming them, as is anything in the upstream's refuse_commands.
+ */
+#include "redis_session.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+#define REDIS_VERSION_SHOWN "7.0.0"
+
+enum chan_kind { CHAN_PLAIN, CHAN_PATTERN, CHAN_SHARD };
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static void add_error(struct evbuffer *out, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+add_error(struct evbuffer *out, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void
+add_bulk(struct evbuffer *out, const char *s, size_t len)
+{
+	evbuffer_add_printf(out, "$%zu\r\n", len);
+	evbuffer_add(out, s, len);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void
+add_bulk_str(struct evbuffer *out, const char *s)
+{
+	add_bulk(out, s, strlen(s));
+}
+
+static void
+add_command(struct evbuffer *out, int argc, ...)
+{
+	va_list ap;
+
+	evbuffer_add_printf(out, "*%d\r\n", argc);
+	va_start(ap, argc);
+	for (int i = 0; i < argc; i++)
+		add_bulk_str(out, va_arg(ap, const char *));
+	va_end(ap);
+}
+
+static bool
+arg_is(const char *arg, size_t len, const char *word)
+{
+	return len == strlen(word) && strncasecmp(arg, word, len) == 0;
+}
+
+static bool
+name_is(const char *name, size_t len, const char *word)
+{
+	return len == strlen(word) && memcmp(name, word, len) == 0;
+}
+
+/* argv of the whole request, pulled up: only for the (small) commands
+ * sidepool looks into. */
+struct args {
+	int argc;
+	const char **v;
+	size_t *len;
+};
+
+static bool
+split_args(struct evbuffer *in, size_t reqlen, struct args *a)
+{
+	const char *req = (const char *)evbuffer_pullup(in, (ev_ssize_t)reqlen);
+	int max = 0;
+
+	/* the count is on the first line: "*N\r\n" */
+	for (size_t i = 1; i < reqlen && req[i] >= '0' && req[i] <= '9'; i++)
+		max = max * 10 + (req[i] - '0');
+	a->v = calloc((size_t)max + 1, sizeof(*a->v));
+	a->len = calloc((size_t)max + 1, sizeof(*a->len));
+	if (a->v == NULL || a->len == NULL)
+		return false;
+	a->argc = resp_argv(req, reqlen, a->v, a->len, max);
+	return a->argc > 0;
+}
+
+static void
+free_args(struct args *a)
+{
+	free(a->v);
+	free(a->len);
+}
+
+static bool
+parse_index(const char *s, size_t len, long long *out)
+{
+	char buf[32];
+	char *end;
+
+	if (len == 0 || len >= sizeof(buf))
+		return false;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	*out = strtoll(buf, &end, 10);
+	return *end == '\0' && !(buf[0] == '0' && len > 1) && buf[0] != '+' &&
+	    buf[0] != ' ';
+}
+
+/* ---- channel sets -------------------------------------------------------- */
+
+static bool
+chanset_has(const struct chanset *cs, const char *s, size_t len)
+{
+	for (size_t i = 0; i < cs->n; i++)
+		if (strlen(cs->names[i]) == len && memcmp(cs->names[i], s, len) == 0)
+			return true;
+	return false;
+}
+
+static void
+chanset_add(struct chanset *cs, const char *s, size_t len)
+{
+	if (chanset_has(cs, s, len))
+		return;
+	if (cs->n == cs->cap) {
+		size_t cap = cs->cap ? cs->cap * 2 : 4;
+		char **v = realloc(cs->names, cap * sizeof(*v));
+		if (v == NULL)
+			return;
+		cs->names = v;
+		cs->cap = cap;
+	}
+	char *copy = strndup(s, len);
+	if (copy != NULL)
+		cs->names[cs->n++] = copy;
+}
+
+static void
+chanset_remove(struct chanset *cs, const char *s, size_t len)
+{
+	for (size_t i = 0; i < cs->n; i++)
+		if (strlen(cs->names[i]) == len &&
+		    memcmp(cs->names[i], s, len) == 0) {
+			free(cs->names[i]);
+			cs->names[i] = cs->names[--cs->n];
+			return;
+		}
+}
+
+static void
+chanset_clear(struct chanset *cs)
+{
+	for (size_t i = 0; i < cs->n; i++)
+		free(cs->names[i]);
+	free(cs->names);
+	memset(cs, 0, sizeof(*cs));
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+void
+session_init(struct redis_session *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->multi_db = -1;
+}
+
+static void
+clear_subscriptions(struct redis_session *s)
+{
+	for (int k = 0; k < 3; k++)
+		chanset_clear(&s->subs[k]);
+}
+
+void
+session_free(struct redis_session *s)
+{
+	clear_subscriptions(s);
+	free(s->name);
+	s->name = NULL;
+}
+
+/* The client's own connection is gone (or about to be): so is everything
+ * that lived on it. Database, name and authentication are ours and stay. */
+void
+session_reset(struct redis_session *s)
+{
+	s->in_multi = false;
+	s->watching = false;
+	s->monitor = false;
+	s->blocking = 0;
+	s->expect = 0;
+	s->multi_db = -1;
+	clear_subscriptions(s);
+}
+
+static bool
+subscribed(const struct redis_session *s)
+{
+	return s->subs[0].n + s->subs[1].n + s->subs[2].n > 0;
+}
+
+bool
+session_active(const struct redis_session *s)
+{
+	return s->in_multi || s->watching || s->monitor || s->blocking > 0 ||
+	    s->expect > 0 || subscribed(s);
+}
+
+static bool
+streaming(const struct redis_session *s)
+{
+	return s->monitor || subscribed(s) || s->expect > 0;
+}
+
+/* ---- authentication ------------------------------------------------------ */
+
+static bool
+auth_required(const struct cfg_upstream *up)
+{
+	return up->nusers > 0;
+}
+
+/* 0 ok, -1 wrong, and the exact errors redis-server gives. */
+static int
+check_credentials(const struct cfg_upstream *up, const char *user,
+    size_t ulen, const char *pw, size_t pwlen, struct evbuffer *out)
+{
+	if (!auth_required(up)) {
+		if (user == NULL) {
+			add_error(out, "-ERR AUTH <password> called without any "
+			    "password configured for the default user. Are you "
+			    "sure your configuration is correct?");
+			return -1;
+		}
+		if (arg_is(user, ulen, "default"))
+			return 0;
+	} else {
+		for (size_t i = 0; i < up->nusers; i++) {
+			const struct cfg_user *u = &up->users[i];
+			bool user_ok = user == NULL ?
+			    strcmp(u->user, "default") == 0 :
+			    (strlen(u->user) == ulen &&
+			    memcmp(u->user, user, ulen) == 0);
+			if (user_ok && strlen(u->password) == pwlen &&
+			    memcmp(u->password, pw, pwlen) == 0)
+				return 0;
+		}
+	}
+	add_error(out, "-WRONGPASS invalid username-password pair or user is "
+	    "disabled.");
+	return -1;
+}
+
+static enum proto_verdict
+cmd_auth(struct redis_session *s, const struct args *a, struct reqinfo *ri)
+{
+	int rc;
+
+	if (a->argc == 2)
+		rc = check_credentials(ri->upstream, NULL, 0, a->v[1],
+		    a->len[1], ri->reply);
+	else if (a->argc == 3)
+		rc = check_credentials(ri->upstream, a->v[1], a->len[1],
+		    a->v[2], a->len[2], ri->reply);
+	else {
+		add_error(ri->reply, "-ERR wrong number of arguments for 'auth' "
+		    "command");
+		return PV_LOCAL;
+	}
+	if (rc == 0) {
+		s->authed = true;
+		evbuffer_add(ri->reply, "+OK\r\n", 5);
+	}
+	return PV_LOCAL;
+}
+
+/* ---- local answers ------------------------------------------------------- */
+
+static bool
+valid_client_name(const char *n, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (n[i] < '!' || n[i] > '~')
+			return false;
+	return true;
+}
+
+static bool
+set_name(struct redis_session *s, const char *n, size_t len,
+    struct evbuffer *out)
+{
+	if (!valid_client_name(n, len)) {
+		add_error(out, "-ERR Client names cannot contain spaces, "
+		    "newlines or special characters.");
+		return false;
+	}
+	free(s->name);
+	s->name = len > 0 ? strndup(n, len) : NULL;
+	return true;
+}
+
+static void
+hello_reply(const struct redis_session *s, const struct reqinfo *ri)
+{
+	struct evbuffer *o = ri->reply;
+
+	evbuffer_add(o, "*14\r\n", 5);
+	add_bulk_str(o, "server");
+	add_bulk_str(o, "redis");
+	add_bulk_str(o, "version");
+	add_bulk_str(o, REDIS_VERSION_SHOWN);
+	add_bulk_str(o, "proto");
+	evbuffer_add(o, ":2\r\n", 4);
+	add_bulk_str(o, "id");
+	evbuffer_add_printf(o, ":%llu\r\n", (unsigned long long)ri->client_id);
+	add_bulk_str(o, "mode");
+	add_bulk_str(o, "standalone");
+	add_bulk_str(o, "role");
+	add_bulk_str(o, "master");
+	add_bulk_str(o, "modules");
+	evbuffer_add(o, "*0\r\n", 4);
+	(void)s;
+}
+
+/*
+ * HELLO [protover [AUTH user pass] [SETNAME name]]. Protocol 2 only:
+ * version 3 gets -NOPROTO, as a server without RESP3 answers, and clients
+ * (redis-py, go-redis, Lettuce, ioredis) fall back to RESP2.
+ */
+static enum proto_verdict
+cmd_hello(struct redis_session *s, const struct args *a, struct reqinfo *ri)
+{
+	const char *user = NULL, *pw = NULL, *name = NULL;
+	size_t ulen = 0, pwlen = 0, namelen = 0;
+	long long ver = 2;
+	int i = 1;
+
+	if (a->argc >= 2) {
+		if (!parse_index(a->v[1], a->len[1], &ver)) {
+			add_error(ri->reply, "-ERR Protocol version is not an "
+			    "integer or out of range");
+			return PV_LOCAL;
+		}
+		i = 2;
+	}
+	for (; i < a->argc; i++) {
+		bool more = i + 1 < a->argc;
+		if (arg_is(a->v[i], a->len[i], "auth") && i + 2 < a->argc) {
+			user = a->v[i + 1], ulen = a->len[i + 1];
+			pw = a->v[i + 2], pwlen = a->len[i + 2];
+			i += 2;
+		} else if (arg_is(a->v[i], a->len[i], "setname") && more) {
+			name = a->v[i + 1], namelen = a->len[i + 1];
+			i++;
+		} else {
+			add_error(ri->reply, "-ERR Syntax error in HELLO option "
+			    "'%.*s'", (int)a->len[i], a->v[i]);
+			return PV_LOCAL;
+		}
+	}
+	if (ver < 2 || ver > 3) {
+		add_error(ri->reply, "-NOPROTO unsupported protocol version");
+		return PV_LOCAL;
+	}
+	if (user != NULL && check_credentials(ri->upstream, user, ulen, pw,
+	    pwlen, ri->reply) == -1)
+		return PV_LOCAL;
+	if (user != NULL)
+		s->authed = true;
+	if (auth_required(ri->upstream) && !s->authed) {
+		add_error(ri->reply, "-NOAUTH HELLO must be called with the client "
+		    "already authenticated, otherwise the HELLO <proto> AUTH "
+		    "<user> <pass> option can be used to authenticate the client "
+		    "and select the RESP protocol version at the same time");
+		return PV_LOCAL;
+	}
+	if (ver == 3) {
+		add_error(ri->reply, "-NOPROTO unsupported protocol version");
+		return PV_LOCAL;
+	}
+	if (name != NULL && !set_name(s, name, namelen, ri->reply))
+		return PV_LOCAL;
+	hello_reply(s, ri);
+	return PV_LOCAL;
+}
+
+static enum proto_verdict
+cmd_select(struct redis_session *s, const struct args *a, struct reqinfo *ri)
+{
+	long long db;
+
+	if (a->argc != 2) {
+		add_error(ri->reply, "-ERR wrong number of arguments for "
+		    "'select' command");
+		return PV_LOCAL;
+	}
+	if (!parse_index(a->v[1], a->len[1], &db)) {
+		add_error(ri->reply, "-ERR value is not an integer or out of "
+		    "range");
+		return PV_LOCAL;
+	}
+	if (db < 0 || db >= (long long)ri->upstream->databases) {
+		add_error(ri->reply, "-ERR DB index is out of range");
+		return PV_LOCAL;
+	}
+	if (s->in_multi) {
+		/* Queued like any command: the database changes at EXEC. */
+		s->multi_db = (int)db;
+		ri->pflags |= RPF_TXN_SELECT;
+		return PV_FORWARD;
+	}
+	s->db = (int)db;
+	evbuffer_add(ri->reply, "+OK\r\n", 5);
+	return PV_LOCAL;
+}
+
+static void
+client_info_line(const struct redis_session *s, const struct reqinfo *ri)
+{
+	char line[512];
+	int n = snprintf(line, sizeof(line), "id=%llu addr=sidepool laddr=sidepool "
+	    "name=%s db=%d sub=%zu psub=%zu ssub=%zu multi=%d watch=%d "
+	    "user=default resp=2 lib-name= lib-ver=\n",
+	    (unsigned long long)ri->client_id, s->name ? s->name : "", s->db,
+	    s->subs[0].n, s->subs[1].n, s->subs[2].n, s->in_multi ? 0 : -1,
+	    s->watching ? 1 : 0);
+	add_bulk(ri->reply, line, (size_t)n);
+}
+
+static enum proto_verdict
+cmd_client(struct redis_session *s, const struct args *a, struct reqinfo *ri)
+{
+	const char *sub = a->argc > 1 ? a->v[1] : "";
+	size_t len = a->argc > 1 ? a->len[1] : 0;
+
+	if (arg_is(sub, len, "setname") && a->argc == 3) {
+		if (set_name(s, a->v[2], a->len[2], ri->reply))
+			evbuffer_add(ri->reply, "+OK\r\n", 5);
+	} else if (arg_is(sub, len, "getname") && a->argc == 2) {
+		if (s->name != NULL)
+			add_bulk_str(ri->reply, s->name);
+		else
+			evbuffer_add(ri->reply, "$-1\r\n", 5);
+	} else if (arg_is(sub, len, "id") && a->argc == 2) {
+		evbuffer_add_printf(ri->reply, ":%llu\r\n",
+		    (unsigned long long)ri->client_id);
+	} else if ((arg_is(sub, len, "info") || arg_is(sub, len, "list")) &&
+	    a->argc == 2) {
+		client_info_line(s, ri);
+	} else if (arg_is(sub, len, "setinfo") && a->argc == 4) {
+		evbuffer_add(ri->reply, "+OK\r\n", 5);
+	} else if (arg_is(sub, len, "help")) {
+		return PV_FORWARD;
+	} else {
+		char up[32];
+		size_t n = len < sizeof(up) - 1 ? len : sizeof(up) - 1;
+		for (size_t i = 0; i < n; i++)
+			up[i] = (char)toupper((unsigned char)sub[i]);
+		up[n] = '\0';
+		add_error(ri->reply, "-ERR sidepool: CLIENT %s is not supported "
+		    "through the proxy (it needs the client's own server "
+		    "connection, or acts on other clients)", up);
+	}
+	return PV_LOCAL;
+}
+
+static enum proto_verdict
+cmd_ping_echo(const struct redis_session *s, bool ping, const struct args *a,
+    struct reqinfo *ri)
+{
+	if (ping && a->argc == 1)
+		evbuffer_add(ri->reply, "+PONG\r\n", 7);
+	else if (a->argc == 2)
+		add_bulk(ri->reply, a->v[1], a->len[1]);
+	else
+		add_error(ri->reply, "-ERR wrong number of arguments for '%s' "
+		    "command", ping ? "ping" : "echo");
+	(void)s;
+	return PV_LOCAL;
+}
+
+/* RESET: as a new connection, but authentication is only kept when none
+ * is required. The client's own connection, if any, is closed. */
+static enum proto_verdict
+cmd_reset(struct redis_session *s, struct reqinfo *ri)
+{
+	ri->drop_session = true;
+	session_reset(s);
+	s->db = 0;
+	free(s->name);
+	s->name = NULL;
+	s->authed = false;
+	evbuffer_add(ri->reply, "+RESET\r\n", 8);
+	return PV_LOCAL;
+}
+
+/* ---- sessions ------------------------------------------------------------ */
+
+/* How many replies a subscribe-family command gets: one per argument, or
+ * for an UNSUBSCRIBE without arguments one per subscription (at least 1). */
+static unsigned
+track_subscription(struct redis_session *s, enum chan_kind kind, bool on,
+    const struct args *a)
+{
+	struct chanset *cs = &s->subs[kind];
+
+	if (!on && a->argc == 1) {
+		unsigned n = cs->n > 0 ? (unsigned)cs->n : 1;
+		chanset_clear(cs);
+		return n;
+	}
+	for (int i = 1; i < a->argc; i++) {
+		if (on)
+			chanset_add(cs, a->v[i], a->len[i]);
+		else
+			chanset_remove(cs, a->v[i], a->len[i]);
+	}
+	return (unsigned)a->argc - 1;
+}
+
+static bool
+pubsub_command(const char *name, size_t len, enum chan_kind *kind, bool *on)
+{
+	static const struct { const char *name; enum chan_kind kind; bool on; }
+	    table[] = {
+		{ "subscribe", CHAN_PLAIN, true },
+		{ "unsubscribe", CHAN_PLAIN, false },
+		{ "psubscribe", CHAN_PATTERN, true },
+		{ "punsubscribe", CHAN_PATTERN, false },
+		{ "ssubscribe", CHAN_SHARD, true },
+		{ "sunsubscribe", CHAN_SHARD, false },
+	};
+
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+		if (name_is(name, len, table[i].name)) {
+			*kind = table[i].kind;
+			*on = table[i].on;
+			return true;
+		}
+	return false;
+}
+
+/* A request while the connection is a stream: everything is forwarded,
+ * and we count the replies it will get. */
+static enum proto_verdict
+stream_request(struct redis_session *s, const char *name, size_t len,
+    const struct args *a, struct reqinfo *ri)
+{
+	enum chan_kind kind;
+	bool on;
+
+	ri->need = NEED_STREAM;
+	ri->no_timeout = true;
+	if (s->monitor)
+		return PV_FORWARD; /* the server ignores it, or answers it */
+	if (pubsub_command(name, len, &kind, &on)) {
+		if (on && a->argc < 2)
+			s->expect += 1; /* an arity error */
+		else
+			s->expect += track_subscription(s, kind, on, a);
+		return PV_FORWARD;
+	}
+	s->expect += 1; /* PING, or an error: one reply */
+	return PV_FORWARD;
+}
+
+static enum proto_verdict
+start_stream(struct redis_session *s, const char *name, size_t len,
+    const struct args *a, struct reqinfo *ri)
+{
+	if (!ri->can_switch && !ri->has_dedicated)
+		return PV_WAIT;
+	if (name_is(name, len, "monitor")) {
+		s->monitor = true;
+		s->expect += 1; /* +OK, then the feed */
+		ri->need = NEED_STREAM;
+		ri->no_timeout = true;
+		return PV_FORWARD;
+	}
+	return stream_request(s, name, len, a, ri);
+}
+
+static enum proto_verdict
+transaction(struct redis_session *s, const char *name, size_t len,
+    struct reqinfo *ri)
+{
+	bool multi = name_is(name, len, "multi");
+	bool watch = name_is(name, len, "watch");
+	bool end = name_is(name, len, "exec") || name_is(name, len, "discard");
+
+	if ((multi || watch) && !ri->has_dedicated && !ri->can_switch)
+		return PV_WAIT;
+	if (end && !s->in_multi && !ri->has_dedicated) {
+		add_error(ri->reply, "-ERR %s without MULTI", name_is(name, len,
+		    "exec") ? "EXEC" : "DISCARD");
+		return PV_LOCAL;
+	}
+	if (name_is(name, len, "unwatch") && !ri->has_dedicated) {
+		evbuffer_add(ri->reply, "+OK\r\n", 5);
+		return PV_LOCAL;
+	}
+	ri->need = NEED_DEDICATED;
+	if (multi && !s->in_multi) {
+		s->in_multi = true;
+		ri->pflags |= RPF_MULTI;
+	} else if (watch && !s->in_multi) {
+		s->watching = true;
+	} else if (end && s->in_multi) {
+		s->in_multi = false;
+		s->watching = false;
+		ri->pflags |= RPF_TXN_END;
+		if (s->multi_db >= 0) {
+			ri->pflags |= RPF_TXN_SELECT;
+			if (name_is(name, len, "exec"))
+				s->db = s->multi_db;
+			s->multi_db = -1;
+		}
+	} else if (name_is(name, len, "unwatch") && !s->in_multi) {
+		s->watching = false;
+	}
+	return PV_FORWARD;
+}
+
+static enum proto_verdict
+blocking(struct redis_session *s, struct reqinfo *ri)
+{
+	if (s->in_multi) {
+		/* Inside MULTI it does not block: queued like the rest. */
+		ri->need = NEED_DEDICATED;
+		return PV_FORWARD;
+	}
+	if (!ri->has_dedicated && !ri->can_switch)
+		return PV_WAIT;
+	s->blocking++;
+	ri->need = NEED_DEDICATED;
+	ri->no_timeout = true;
+	ri->pflags |= RPF_BLOCKING;
+	return PV_FORWARD;
+}
+
+/* XREAD and XREADGROUP block only when asked to: BLOCK before STREAMS. */
+static bool
+asks_to_block(const struct args *a)
+{
+	for (int i = 1; i < a->argc; i++) {
+		if (arg_is(a->v[i], a->len[i], "streams"))
+			return false;
+		if (arg_is(a->v[i], a->len[i], "block"))
+			return true;
+	}
+	return false;
+}
+
+static bool
+refused_by_config(const struct cfg_upstream *up, const char *name, size_t len)
+{
+	for (size_t i = 0; i < up->nrefused; i++)
+		if (name_is(name, len, up->refused[i]))
+			return true;
+	return false;
+}
+
+static void
+upper(const char *name, size_t len, char *buf, size_t size)
+{
+	size_t n = len < size - 1 ? len : size - 1;
+
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (char)toupper((unsigned char)name[i]);
+	buf[n] = '\0';
+}
+
+/* Answered by sidepool whatever the state (not queued in MULTI). */
+static bool
+always_local(const char *name, size_t len)
+{
+	return name_is(name, len, "auth") || name_is(name, len, "hello") ||
+	    name_is(name, len, "client") || name_is(name, len, "reset") ||
+	    name_is(name, len, "quit");
+}
+
+static enum proto_verdict
+answer_local(struct redis_session *s, const char *name, size_t len,
+    const struct args *a, struct reqinfo *ri)
+{
+	if (name_is(name, len, "quit")) {
+		evbuffer_add(ri->reply, "+OK\r\n", 5);
+		return PV_LOCAL_CLOSE;
+	}
+	if (name_is(name, len, "auth")) {
+		if (s->in_multi) {
+			add_error(ri->reply, "-ERR sidepool: AUTH inside MULTI is "
+			    "not supported");
+			return PV_LOCAL;
+		}
+		return cmd_auth(s, a, ri);
+	}
+	if (name_is(name, len, "hello"))
+		return cmd_hello(s, a, ri);
+	if (name_is(name, len, "client"))
+		return cmd_client(s, a, ri);
+	return cmd_reset(s, ri);
+}
+
+static enum proto_verdict
+dispatch(struct redis_session *s, const struct command *cmd, const char *name,
+    size_t len, const struct args *a, struct reqinfo *ri)
+{
+	char upname[RESP_NAME_MAX + 1];
+
+	if (auth_required(ri->upstream) && !s->authed &&
+	    !name_is(name, len, "auth") && !name_is(name, len, "hello") &&
+	    !name_is(name, len, "quit")) {
+		add_error(ri->reply, "-NOAUTH Authentication required.");
+		return PV_LOCAL;
+	}
+	upper(name, len, upname, sizeof(upname));
+	if (refused_by_config(ri->upstream, name, len)) {
+		add_error(ri->reply, "-ERR sidepool: %s is refused by this proxy's "
+		    "configuration (refuse_commands)", upname);
+		return PV_LOCAL;
+	}
+	/* A stream keeps every reply in the server's order: only QUIT and
+	 * RESET are ours; the server refuses what it does not allow there. */
+	if (streaming(s) && !name_is(name, len, "quit") &&
+	    !name_is(name, len, "reset"))
+		return stream_request(s, name, len, a, ri);
+	if (always_local(name, len))
+		return answer_local(s, name, len, a, ri);
+	if (cmd != NULL && command_policy(cmd, "", 0) == CMD_REFUSED) {
+		add_error(ri->reply, "-ERR sidepool: %s is not allowed through the "
+		    "proxy", upname);
+		return PV_LOCAL;
+	}
+	enum chan_kind kind;
+	bool on;
+	if (pubsub_command(name, len, &kind, &on) ||
+	    name_is(name, len, "monitor")) {
+		if (s->in_multi) {
+			ri->need = NEED_DEDICATED;
+			return PV_FORWARD; /* the server refuses it in MULTI */
+		}
+		return start_stream(s, name, len, a, ri);
+	}
+	if (name_is(name, len, "multi") || name_is(name, len, "exec") ||
+	    name_is(name, len, "discard") || name_is(name, len, "watch") ||
+	    name_is(name, len, "unwatch"))
+		return transaction(s, name, len, ri);
+	if (name_is(name, len, "select"))
+		return cmd_select(s, a, ri);
+	if (s->in_multi || s->watching) {
+		ri->need = NEED_DEDICATED;
+		return PV_FORWARD;
+	}
+	if (name_is(name, len, "ping") || name_is(name, len, "echo"))
+		return cmd_ping_echo(s, name_is(name, len, "ping"), a, ri);
+	if (cmd != NULL && ((cmd->flags & CMDF_BLOCKING) ||
+	    ((cmd->flags & CMDF_MAY_BLOCK) && asks_to_block(a))))
+		return blocking(s, ri);
+	if (cmd != NULL && cmd->policy == CMD_STATEFUL) {
+		add_error(ri->reply, "-ERR sidepool: %s would change the state of "
+		    "a shared server connection and is not supported through "
+		    "the proxy", upname);
+		return PV_LOCAL;
+	}
+	return PV_FORWARD;
+}
+
+/* Commands whose arguments sidepool must see. Everything else is
+ * forwarded without pulling the request up. */
+static bool
+needs_args(const struct command *cmd, const char *name, size_t len)
+{
+	enum chan_kind kind;
+	bool on;
+
+	return always_local(name, len) || name_is(name, len, "select") ||
+	    name_is(name, len, "ping") || name_is(name, len, "echo") ||
+	    pubsub_command(name, len, &kind, &on) ||
+	    (cmd != NULL && (cmd->flags & CMDF_MAY_BLOCK));
+}
+
+enum proto_verdict
+session_dispatch(struct redis_session *s, const struct command *cmd,
+    const char *name, size_t namelen, struct evbuffer *in, struct reqinfo *ri)
+{
+	struct args a = { .argc = 1 };
+	enum proto_verdict v;
+
+	if (!needs_args(cmd, name, namelen))
+		return dispatch(s, cmd, name, namelen, &a, ri);
+	if (!split_args(in, ri->len, &a)) {
+		free_args(&a);
+		add_error(ri->reply, "-ERR sidepool: out of memory");
+		return PV_ERROR_CLOSE;
+	}
+	v = dispatch(s, cmd, name, namelen, &a, ri);
+	free_args(&a);
+	return v;
+}
+
+/* ---- replies ------------------------------------------------------------- */
+
+/* A published message is not the answer to any request. */
+static bool
+is_message(struct evbuffer *in, size_t len)
+{
+	static const char *const heads[] = { "*3\r\n$7\r\nmessage\r\n",
+	    "*4\r\n$8\r\npmessage\r\n", "*3\r\n$8\r\nsmessage\r\n" };
+	char buf[24];
+	size_t n = len < sizeof(buf) ? len : sizeof(buf);
+
+	if (evbuffer_copyout(in, buf, n) != (ev_ssize_t)n)
+		return false;
+	for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++)
+		if (n >= strlen(heads[i]) &&
+		    memcmp(buf, heads[i], strlen(heads[i])) == 0)
+			return true;
+	return false;
+}
+
+void
+session_reply_seen(struct redis_session *s, uint32_t pflags,
+    struct evbuffer *in, size_t len)
+{
+	if (pflags & RPF_BLOCKING) {
+		if (s->blocking > 0)
+			s->blocking--;
+		return;
+	}
+	/* After MONITOR's +OK the feed is neither: expect is 0 by then. */
+	if (s->expect > 0 && !is_message(in, len))
+		s->expect--;
+}
+
+/* ---- the connection side ------------------------------------------------- */
+
+unsigned
+session_prepare(struct redis_conn *conn, struct redis_session *s,
+    uint32_t pflags, struct evbuffer *out)
+{
+	unsigned n = 0;
+	char db[16];
+
+	if (!conn->in_multi && conn->db != s->db) {
+		snprintf(db, sizeof(db), "%d", s->db);
+		add_command(out, 2, "SELECT", db);
+		conn->db = s->db;
+		n++;
+	}
+	if (pflags & RPF_MULTI)
+		conn->in_multi = true;
+	if (pflags & RPF_TXN_END) {
+		conn->in_multi = false;
+		if (pflags & RPF_TXN_SELECT)
+			conn->db = -1; /* EXEC or DISCARD decides: ask again */
+	}
+	return n;
+}
+
+unsigned
+session_handshake(struct redis_conn *conn, const struct cfg_upstream *up,
+    struct evbuffer *out)
+{
+	conn->db = 0;
+	conn->in_multi = false;
+	if (up->auth_password == NULL)
+		return 0;
+	if (up->auth_user != NULL)
+		add_command(out, 3, "AUTH", up->auth_user, up->auth_password);
+	else
+		add_command(out, 2, "AUTH", up->auth_password);
+	return 1;
+}
+
+int
+session_abandon(struct redis_session *s, struct evbuffer *out)
+{
+	int n = 0;
+
+	if (s->monitor || streaming(s) || s->blocking > 0)
+		n = -1;
+	else if (s->in_multi)
+		add_command(out, 1, "DISCARD"), n = 1;
+	else if (s->watching)
+		add_command(out, 1, "UNWATCH"), n = 1;
+	session_reset(s);
+	return n;
+}
