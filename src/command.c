@@ -44,7 +44,9 @@
  * subcommands as redis names them ("client|kill"), with their own key
  * positions and policy; a subcommand not listed takes its container's.
  */
+#include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "command.h"
@@ -467,12 +469,57 @@ search_table(const struct command *table, size_t n, const char *key,
 	return NULL;
 }
 
+/*
+ * Lookup is on every request, so the sorted table gets a hash index,
+ * built once (by whichever thread asks first): FNV-1a over the name,
+ * open addressing, slot = table index + 1.
+ */
+#define HASH_SLOTS 1024
+
+static uint16_t hash_index[HASH_SLOTS];
+static pthread_once_t hash_once = PTHREAD_ONCE_INIT;
+
+static uint32_t
+hash_name(const char *s, size_t len)
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)s[i]) * 16777619u;
+	return h;
+}
+
+static void
+build_hash_index(void)
+{
+	for (size_t i = 0; i < NELEM(commands); i++) {
+		const char *n = commands[i].name;
+		uint32_t h = hash_name(n, strlen(n)) & (HASH_SLOTS - 1);
+		while (hash_index[h] != 0)
+			h = (h + 1) & (HASH_SLOTS - 1);
+		hash_index[h] = (uint16_t)(i + 1);
+	}
+}
+
 const struct command *
 command_lookup(const char *name, size_t len)
 {
 	if (name == NULL || len == 0)
 		return NULL;
-	return search_table(commands, NELEM(commands), name, len);
+	pthread_once(&hash_once, build_hash_index);
+	for (uint32_t h = hash_name(name, len) & (HASH_SLOTS - 1);
+	    hash_index[h] != 0; h = (h + 1) & (HASH_SLOTS - 1)) {
+		const struct command *c = &commands[hash_index[h] - 1];
+		if (compare_name(c->name, name, len) == 0)
+			return c;
+	}
+	return NULL;
+}
+
+size_t
+command_index(const struct command *cmd)
+{
+	return (size_t)(cmd - commands);
 }
 
 static char

@@ -49,6 +49,7 @@ enum cmd_policy command_policy(const struct command *cmd, const char *arg1,
     size_t arg1len);
 
 size_t command_count(void);
+size_t command_index(const struct command *cmd); /* 0..command_count()-1 */
 const struct command *command_at(size_t i);
 
 #endif

@@ -95,8 +95,14 @@ feed_request(struct redis_req_state *st, struct evbuffer *in,
 	while (st->off < evbuffer_get_length(in)) {
 		struct evbuffer_ptr pos;
 		struct evbuffer_iovec v[PEEK_VECS];
-		evbuffer_ptr_set(in, &pos, st->off, EVBUFFER_PTR_SET);
-		int n = evbuffer_peek(in, -1, &pos, v, PEEK_VECS);
+		int n;
+		/* The common case starts at the head: no position to find. */
+		if (st->off == 0) {
+			n = evbuffer_peek(in, -1, NULL, v, PEEK_VECS);
+		} else {
+			evbuffer_ptr_set(in, &pos, st->off, EVBUFFER_PTR_SET);
+			n = evbuffer_peek(in, -1, &pos, v, PEEK_VECS);
+		}
 		if (n > PEEK_VECS)
 			n = PEEK_VECS;
 		for (int i = 0; i < n; i++) {
@@ -186,6 +192,7 @@ classify(struct redis_req_state *st, struct evbuffer *in, struct reqinfo *ri)
 {
 	const struct resp_req_parser *p = &st->p;
 	const struct command *cmd = NULL;
+	char arg1[RESP_ARG_MAX];
 
 	if (p->argc <= 0)
 		return PV_SKIP;
@@ -193,9 +200,15 @@ classify(struct redis_req_state *st, struct evbuffer *in, struct reqinfo *ri)
 		cmd = command_lookup(p->name, p->namelen);
 	if (cmd != NULL)
 		ri->name = cmd->name;
+	size_t arg1len = 0;
+	if (cmd != NULL && (cmd->flags & CMDF_SUBCOMMANDS)) {
+		for (; arg1len < p->arg1len; arg1len++)
+			arg1[arg1len] = (char)tolower(
+			    (unsigned char)p->arg1[arg1len]);
+	}
 	/* A name too long to be a command is unknown: the server says so. */
 	return session_dispatch(&st->session, cmd, p->name,
-	    p->name_truncated ? 0 : p->namelen, in, ri);
+	    p->name_truncated ? 0 : p->namelen, arg1, arg1len, in, ri);
 }
 
 static enum proto_verdict
@@ -281,8 +294,13 @@ parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 	while (st->off < evbuffer_get_length(in)) {
 		struct evbuffer_ptr pos;
 		struct evbuffer_iovec v[PEEK_VECS];
-		evbuffer_ptr_set(in, &pos, st->off, EVBUFFER_PTR_SET);
-		int n = evbuffer_peek(in, -1, &pos, v, PEEK_VECS);
+		int n;
+		if (st->off == 0) {
+			n = evbuffer_peek(in, -1, NULL, v, PEEK_VECS);
+		} else {
+			evbuffer_ptr_set(in, &pos, st->off, EVBUFFER_PTR_SET);
+			n = evbuffer_peek(in, -1, &pos, v, PEEK_VECS);
+		}
 		if (n > PEEK_VECS)
 			n = PEEK_VECS;
 		for (int i = 0; i < n; i++) {

@@ -19,6 +19,7 @@
 #include "redis_session.h"
 
 #include <ctype.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,52 @@
 #define REDIS_VERSION_SHOWN "7.0.0"
 
 enum chan_kind { CHAN_PLAIN, CHAN_PATTERN, CHAN_SHARD };
+
+/* What sidepool does with a command beyond forwarding it: looked up once
+ * per command (by its index in the command table), not by comparing names
+ * on every request. */
+enum cmd_kind {
+	K_PLAIN, K_AUTH, K_HELLO, K_CLIENT, K_RESET, K_QUIT, K_SELECT, K_PING,
+	K_ECHO, K_MULTI, K_EXEC, K_DISCARD, K_WATCH, K_UNWATCH, K_MONITOR,
+	K_SUBSCRIBE, K_UNSUBSCRIBE, K_PSUBSCRIBE, K_PUNSUBSCRIBE,
+	K_SSUBSCRIBE, K_SUNSUBSCRIBE,
+};
+
+static const struct { const char *name; enum cmd_kind kind; } special[] = {
+	{ "auth", K_AUTH }, { "hello", K_HELLO }, { "client", K_CLIENT },
+	{ "reset", K_RESET }, { "quit", K_QUIT }, { "select", K_SELECT },
+	{ "ping", K_PING }, { "echo", K_ECHO }, { "multi", K_MULTI },
+	{ "exec", K_EXEC }, { "discard", K_DISCARD }, { "watch", K_WATCH },
+	{ "unwatch", K_UNWATCH }, { "monitor", K_MONITOR },
+	{ "subscribe", K_SUBSCRIBE }, { "unsubscribe", K_UNSUBSCRIBE },
+	{ "psubscribe", K_PSUBSCRIBE }, { "punsubscribe", K_PUNSUBSCRIBE },
+	{ "ssubscribe", K_SSUBSCRIBE }, { "sunsubscribe", K_SUNSUBSCRIBE },
+};
+
+static uint8_t *kinds;
+static pthread_once_t kinds_once = PTHREAD_ONCE_INIT;
+
+static void
+build_kinds(void)
+{
+	kinds = calloc(command_count(), 1);
+	if (kinds == NULL)
+		return;
+	for (size_t i = 0; i < sizeof(special) / sizeof(special[0]); i++) {
+		const struct command *c = command_lookup(special[i].name,
+		    strlen(special[i].name));
+		if (c != NULL)
+			kinds[command_index(c)] = (uint8_t)special[i].kind;
+	}
+}
+
+static enum cmd_kind
+kind_of(const struct command *cmd)
+{
+	pthread_once(&kinds_once, build_kinds);
+	return cmd != NULL && kinds != NULL ? (enum cmd_kind)
+	    kinds[command_index(cmd)] : K_PLAIN;
+}
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -545,32 +592,24 @@ track_subscription(struct redis_session *s, enum chan_kind kind, bool on,
 }
 
 static bool
-pubsub_command(const char *name, size_t len, enum chan_kind *kind, bool *on)
+pubsub_of(enum cmd_kind k, enum chan_kind *kind, bool *on)
 {
-	static const struct { const char *name; enum chan_kind kind; bool on; }
-	    table[] = {
-		{ "subscribe", CHAN_PLAIN, true },
-		{ "unsubscribe", CHAN_PLAIN, false },
-		{ "psubscribe", CHAN_PATTERN, true },
-		{ "punsubscribe", CHAN_PATTERN, false },
-		{ "ssubscribe", CHAN_SHARD, true },
-		{ "sunsubscribe", CHAN_SHARD, false },
-	};
-
-	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-		if (name_is(name, len, table[i].name)) {
-			*kind = table[i].kind;
-			*on = table[i].on;
-			return true;
-		}
-	return false;
+	switch (k) {
+	case K_SUBSCRIBE: *kind = CHAN_PLAIN; *on = true; return true;
+	case K_UNSUBSCRIBE: *kind = CHAN_PLAIN; *on = false; return true;
+	case K_PSUBSCRIBE: *kind = CHAN_PATTERN; *on = true; return true;
+	case K_PUNSUBSCRIBE: *kind = CHAN_PATTERN; *on = false; return true;
+	case K_SSUBSCRIBE: *kind = CHAN_SHARD; *on = true; return true;
+	case K_SUNSUBSCRIBE: *kind = CHAN_SHARD; *on = false; return true;
+	default: return false;
+	}
 }
 
 /* A request while the connection is a stream: everything is forwarded,
  * and we count the replies it will get. */
 static enum proto_verdict
-stream_request(struct redis_session *s, const char *name, size_t len,
-    const struct args *a, struct reqinfo *ri)
+stream_request(struct redis_session *s, enum cmd_kind k, const struct args *a,
+    struct reqinfo *ri)
 {
 	enum chan_kind kind;
 	bool on;
@@ -579,7 +618,7 @@ stream_request(struct redis_session *s, const char *name, size_t len,
 	ri->no_timeout = true;
 	if (s->monitor)
 		return PV_FORWARD; /* the server ignores it, or answers it */
-	if (pubsub_command(name, len, &kind, &on)) {
+	if (pubsub_of(k, &kind, &on)) {
 		if (on && a->argc < 2)
 			s->expect += 1; /* an arity error */
 		else
@@ -591,45 +630,43 @@ stream_request(struct redis_session *s, const char *name, size_t len,
 }
 
 static enum proto_verdict
-start_stream(struct redis_session *s, const char *name, size_t len,
-    const struct args *a, struct reqinfo *ri)
+start_stream(struct redis_session *s, enum cmd_kind k, const struct args *a,
+    struct reqinfo *ri)
 {
 	if (!ri->can_switch && !ri->has_dedicated)
 		return PV_WAIT;
-	if (name_is(name, len, "monitor")) {
+	if (k == K_MONITOR) {
 		s->monitor = true;
 		s->expect += 1; /* +OK, then the feed */
 		ri->need = NEED_STREAM;
 		ri->no_timeout = true;
 		return PV_FORWARD;
 	}
-	return stream_request(s, name, len, a, ri);
+	return stream_request(s, k, a, ri);
 }
 
 static enum proto_verdict
-transaction(struct redis_session *s, const char *name, size_t len,
-    struct reqinfo *ri)
+transaction(struct redis_session *s, enum cmd_kind k, struct reqinfo *ri)
 {
-	bool multi = name_is(name, len, "multi");
-	bool watch = name_is(name, len, "watch");
-	bool end = name_is(name, len, "exec") || name_is(name, len, "discard");
+	bool end = k == K_EXEC || k == K_DISCARD;
 
-	if ((multi || watch) && !ri->has_dedicated && !ri->can_switch)
+	if ((k == K_MULTI || k == K_WATCH) && !ri->has_dedicated &&
+	    !ri->can_switch)
 		return PV_WAIT;
 	if (end && !s->in_multi && !ri->has_dedicated) {
-		add_error(ri->reply, "-ERR %s without MULTI", name_is(name, len,
-		    "exec") ? "EXEC" : "DISCARD");
+		add_error(ri->reply, "-ERR %s without MULTI", k == K_EXEC ?
+		    "EXEC" : "DISCARD");
 		return PV_LOCAL;
 	}
-	if (name_is(name, len, "unwatch") && !ri->has_dedicated) {
+	if (k == K_UNWATCH && !ri->has_dedicated) {
 		evbuffer_add(ri->reply, "+OK\r\n", 5);
 		return PV_LOCAL;
 	}
 	ri->need = NEED_DEDICATED;
-	if (multi && !s->in_multi) {
+	if (k == K_MULTI && !s->in_multi) {
 		s->in_multi = true;
 		ri->pflags |= RPF_MULTI;
-	} else if (watch && !s->in_multi) {
+	} else if (k == K_WATCH && !s->in_multi) {
 		s->watching = true;
 	} else if (end && s->in_multi) {
 		s->in_multi = false;
@@ -637,11 +674,11 @@ transaction(struct redis_session *s, const char *name, size_t len,
 		ri->pflags |= RPF_TXN_END;
 		if (s->multi_db >= 0) {
 			ri->pflags |= RPF_TXN_SELECT;
-			if (name_is(name, len, "exec"))
+			if (k == K_EXEC)
 				s->db = s->multi_db;
 			s->multi_db = -1;
 		}
-	} else if (name_is(name, len, "unwatch") && !s->in_multi) {
+	} else if (k == K_UNWATCH && !s->in_multi) {
 		s->watching = false;
 	}
 	return PV_FORWARD;
@@ -698,45 +735,47 @@ upper(const char *name, size_t len, char *buf, size_t size)
 
 /* Answered by sidepool whatever the state (not queued in MULTI). */
 static bool
-always_local(const char *name, size_t len)
+always_local(enum cmd_kind k)
 {
-	return name_is(name, len, "auth") || name_is(name, len, "hello") ||
-	    name_is(name, len, "client") || name_is(name, len, "reset") ||
-	    name_is(name, len, "quit");
+	return k == K_AUTH || k == K_HELLO || k == K_CLIENT || k == K_RESET ||
+	    k == K_QUIT;
 }
 
 static enum proto_verdict
-answer_local(struct redis_session *s, const char *name, size_t len,
-    const struct args *a, struct reqinfo *ri)
+answer_local(struct redis_session *s, enum cmd_kind k, const struct args *a,
+    struct reqinfo *ri)
 {
-	if (name_is(name, len, "quit")) {
+	switch (k) {
+	case K_QUIT:
 		evbuffer_add(ri->reply, "+OK\r\n", 5);
 		return PV_LOCAL_CLOSE;
-	}
-	if (name_is(name, len, "auth")) {
+	case K_AUTH:
 		if (s->in_multi) {
 			add_error(ri->reply, "-ERR sidepool: AUTH inside MULTI is "
 			    "not supported");
 			return PV_LOCAL;
 		}
 		return cmd_auth(s, a, ri);
-	}
-	if (name_is(name, len, "hello"))
+	case K_HELLO:
 		return cmd_hello(s, a, ri);
-	if (name_is(name, len, "client"))
+	case K_CLIENT:
 		return cmd_client(s, a, ri);
-	return cmd_reset(s, ri);
+	default:
+		return cmd_reset(s, ri);
+	}
 }
 
 static enum proto_verdict
-dispatch(struct redis_session *s, const struct command *cmd, const char *name,
-    size_t len, const struct args *a, struct reqinfo *ri)
+dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
+    enum cmd_policy policy, const char *name, size_t len,
+    const struct args *a, struct reqinfo *ri)
 {
 	char upname[RESP_NAME_MAX + 1];
+	enum chan_kind ck;
+	bool on;
 
-	if (auth_required(ri->upstream) && !s->authed &&
-	    !name_is(name, len, "auth") && !name_is(name, len, "hello") &&
-	    !name_is(name, len, "quit")) {
+	if (auth_required(ri->upstream) && !s->authed && k != K_AUTH &&
+	    k != K_HELLO && k != K_QUIT) {
 		add_error(ri->reply, "-NOAUTH Authentication required.");
 		return PV_LOCAL;
 	}
@@ -748,42 +787,44 @@ dispatch(struct redis_session *s, const struct command *cmd, const char *name,
 	}
 	/* A stream keeps every reply in the server's order: only QUIT and
 	 * RESET are ours; the server refuses what it does not allow there. */
-	if (streaming(s) && !name_is(name, len, "quit") &&
-	    !name_is(name, len, "reset"))
-		return stream_request(s, name, len, a, ri);
-	if (always_local(name, len))
-		return answer_local(s, name, len, a, ri);
-	if (cmd != NULL && command_policy(cmd, "", 0) == CMD_REFUSED) {
+	if (streaming(s) && k != K_QUIT && k != K_RESET)
+		return stream_request(s, k, a, ri);
+	if (always_local(k))
+		return answer_local(s, k, a, ri);
+	if (policy == CMD_REFUSED) {
 		add_error(ri->reply, "-ERR sidepool: %s is not allowed through the "
 		    "proxy", upname);
 		return PV_LOCAL;
 	}
-	enum chan_kind kind;
-	bool on;
-	if (pubsub_command(name, len, &kind, &on) ||
-	    name_is(name, len, "monitor")) {
+	if (pubsub_of(k, &ck, &on) || k == K_MONITOR) {
 		if (s->in_multi) {
 			ri->need = NEED_DEDICATED;
 			return PV_FORWARD; /* the server refuses it in MULTI */
 		}
-		return start_stream(s, name, len, a, ri);
+		return start_stream(s, k, a, ri);
 	}
-	if (name_is(name, len, "multi") || name_is(name, len, "exec") ||
-	    name_is(name, len, "discard") || name_is(name, len, "watch") ||
-	    name_is(name, len, "unwatch"))
-		return transaction(s, name, len, ri);
-	if (name_is(name, len, "select"))
+	switch (k) {
+	case K_MULTI:
+	case K_EXEC:
+	case K_DISCARD:
+	case K_WATCH:
+	case K_UNWATCH:
+		return transaction(s, k, ri);
+	case K_SELECT:
 		return cmd_select(s, a, ri);
+	default:
+		break;
+	}
 	if (s->in_multi || s->watching) {
 		ri->need = NEED_DEDICATED;
 		return PV_FORWARD;
 	}
-	if (name_is(name, len, "ping") || name_is(name, len, "echo"))
-		return cmd_ping_echo(s, name_is(name, len, "ping"), a, ri);
+	if (k == K_PING || k == K_ECHO)
+		return cmd_ping_echo(s, k == K_PING, a, ri);
 	if (cmd != NULL && ((cmd->flags & CMDF_BLOCKING) ||
 	    ((cmd->flags & CMDF_MAY_BLOCK) && asks_to_block(a))))
 		return blocking(s, ri);
-	if (cmd != NULL && cmd->policy == CMD_STATEFUL) {
+	if (policy == CMD_STATEFUL) {
 		add_error(ri->reply, "-ERR sidepool: %s would change the state of "
 		    "a shared server connection and is not supported through "
 		    "the proxy", upname);
@@ -795,32 +836,38 @@ dispatch(struct redis_session *s, const struct command *cmd, const char *name,
 /* Commands whose arguments sidepool must see. Everything else is
  * forwarded without pulling the request up. */
 static bool
-needs_args(const struct command *cmd, const char *name, size_t len)
+needs_args(const struct command *cmd, enum cmd_kind k)
 {
-	enum chan_kind kind;
-	bool on;
-
-	return always_local(name, len) || name_is(name, len, "select") ||
-	    name_is(name, len, "ping") || name_is(name, len, "echo") ||
-	    pubsub_command(name, len, &kind, &on) ||
-	    (cmd != NULL && (cmd->flags & CMDF_MAY_BLOCK));
+	return k != K_PLAIN || (cmd != NULL && (cmd->flags & CMDF_MAY_BLOCK));
 }
 
 enum proto_verdict
 session_dispatch(struct redis_session *s, const struct command *cmd,
-    const char *name, size_t namelen, struct evbuffer *in, struct reqinfo *ri)
+    const char *name, size_t namelen, const char *arg1, size_t arg1len,
+    struct evbuffer *in, struct reqinfo *ri)
 {
 	struct args a = { .argc = 1 };
+	enum cmd_kind k = kind_of(cmd);
+	enum cmd_policy policy = cmd == NULL ? CMD_FORWARD :
+	    (cmd->flags & CMDF_SUBCOMMANDS) ? command_policy(cmd, arg1, arg1len) :
+	    cmd->policy;
 	enum proto_verdict v;
 
-	if (!needs_args(cmd, name, namelen))
-		return dispatch(s, cmd, name, namelen, &a, ri);
+	/* The common case, decided in a few comparisons: a plain command
+	 * from an authenticated client with no session. */
+	if (k == K_PLAIN && policy == CMD_FORWARD && !s->in_multi &&
+	    !s->watching && !streaming(s) && ri->upstream->nrefused == 0 &&
+	    (s->authed || !auth_required(ri->upstream)) &&
+	    (cmd == NULL || !(cmd->flags & (CMDF_BLOCKING | CMDF_MAY_BLOCK))))
+		return PV_FORWARD;
+	if (!needs_args(cmd, k))
+		return dispatch(s, cmd, k, policy, name, namelen, &a, ri);
 	if (!split_args(in, ri->len, &a)) {
 		free_args(&a);
 		add_error(ri->reply, "-ERR sidepool: out of memory");
 		return PV_ERROR_CLOSE;
 	}
-	v = dispatch(s, cmd, name, namelen, &a, ri);
+	v = dispatch(s, cmd, k, policy, name, namelen, &a, ri);
 	free_args(&a);
 	return v;
 }

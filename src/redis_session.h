@@ -67,7 +67,8 @@ bool session_active(const struct redis_session *s);
  */
 enum proto_verdict session_dispatch(struct redis_session *s,
     const struct command *cmd, const char *name, size_t namelen,
-    struct evbuffer *in, struct reqinfo *ri);
+    const char *arg1, size_t arg1len, struct evbuffer *in,
+    struct reqinfo *ri);
 
 void session_reply_seen(struct redis_session *s, uint32_t pflags,
     struct evbuffer *in, size_t len);

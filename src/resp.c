@@ -153,8 +153,20 @@ enum req_state {
 void
 resp_req_init(struct resp_req_parser *p)
 {
-	memset(p, 0, sizeof(*p));
+	/* Field by field: the name and argument buffers are only read up to
+	 * their lengths, and this runs once per request. */
 	p->state = REQ_START;
+	p->total = 0;
+	p->argc = 0;
+	p->argi = 0;
+	p->bulk_left = 0;
+	p->linelen = 0;
+	p->name[0] = '\0';
+	p->namelen = 0;
+	p->name_truncated = false;
+	p->arg1len = 0;
+	p->arg1_truncated = false;
+	p->err = NULL;
 }
 
 /* Keep what the caller looks at: argv[0] lowercased, the head of argv[1]. */
@@ -207,6 +219,34 @@ req_fail(struct resp_req_parser *p, const char *err, size_t took)
 	return took;
 }
 
+/*
+ * The fast path for a whole header line in one chunk ("*2\r\n", "$3\r\n"),
+ * the case of nearly every request: the number is read in place, with the
+ * same rules as line_value (no sign but '-', no leading zero, no overflow).
+ * Returns the bytes of the line with its CRLF, or 0 to take the slow path
+ * (anything unusual: let the byte-by-byte machine give the exact error).
+ */
+static size_t
+fast_header(const char *s, size_t n, int64_t *out)
+{
+	size_t i = 1;
+	int64_t v = 0;
+
+	if (n < 4 || s[1] < '1' || s[1] > '9') {
+		if (n >= 4 && s[1] == '0' && s[2] == '\r' && s[3] == '\n') {
+			*out = 0;
+			return 4;
+		}
+		return 0;
+	}
+	for (; i < n && i < 19 && s[i] >= '0' && s[i] <= '9'; i++)
+		v = v * 10 + (s[i] - '0');
+	if (i + 1 >= n || s[i] != '\r' || s[i + 1] != '\n')
+		return 0;
+	*out = v;
+	return i + 2;
+}
+
 /* One transition of the request machine; returns the bytes consumed. */
 static size_t
 req_step(struct resp_req_parser *p, const struct resp_limits *lim,
@@ -217,6 +257,12 @@ req_step(struct resp_req_parser *p, const struct resp_limits *lim,
 
 	switch (p->state) {
 	case REQ_START:
+		if (s[0] == '*' && (took = fast_header(s, n, &v)) > 0 &&
+		    (uint64_t)v <= lim->max_multibulk_len) {
+			p->argc = v;
+			p->state = v > 0 ? REQ_BULK_START : REQ_DONE;
+			return took;
+		}
 		if (s[0] != '*')
 			return req_fail(p, format_byte_error(p->line,
 			    sizeof(p->line), "expected '*', got ", s[0]), 1);
@@ -242,6 +288,12 @@ req_step(struct resp_req_parser *p, const struct resp_limits *lim,
 		p->state = p->argc > 0 ? REQ_BULK_START : REQ_DONE;
 		return 1;
 	case REQ_BULK_START:
+		if (s[0] == '$' && (took = fast_header(s, n, &v)) > 0 &&
+		    (uint64_t)v <= lim->max_bulk_len) {
+			p->bulk_left = (uint64_t)v;
+			p->state = v > 0 ? REQ_BULK_DATA : REQ_BULK_CR;
+			return took;
+		}
 		if (s[0] != '$')
 			return req_fail(p, format_byte_error(p->line,
 			    sizeof(p->line), "expected '$', got ", s[0]), 1);
@@ -270,8 +322,15 @@ req_step(struct resp_req_parser *p, const struct resp_limits *lim,
 		took = min_size(n, p->bulk_left);
 		capture_arg(p, s, took);
 		p->bulk_left -= took;
-		if (p->bulk_left == 0)
-			p->state = REQ_BULK_CR;
+		if (p->bulk_left > 0)
+			return took;
+		/* The CRLF after the data, when it is here too. */
+		if (n - took >= 2 && s[took] == '\r' && s[took + 1] == '\n') {
+			p->argi++;
+			p->state = p->argi < p->argc ? REQ_BULK_START : REQ_DONE;
+			return took + 2;
+		}
+		p->state = REQ_BULK_CR;
 		return took;
 	case REQ_BULK_CR:
 		if (s[0] != '\r')
@@ -367,20 +426,41 @@ attribute_left(int64_t r)
 void
 resp_reply_init(struct resp_reply_parser *p)
 {
-	memset(p, 0, sizeof(*p));
+	/* remaining[] is written before it is read, level by level: no need
+	 * to clear its 512 bytes for every reply. */
 	p->state = RPL_TYPE;
+	p->total = 0;
+	p->depth = 0;
+	p->bulk_left = 0;
+	p->linelen = 0;
+	p->type = 0;
+	p->push = false;
+	p->errcodelen = 0;
+	p->errcode[0] = '\0';
+	p->err = NULL;
 }
 
 static bool
 is_simple_type(char c)
 {
-	return c != '\0' && strchr("+-:,(#_", c) != NULL;
+	switch (c) {
+	case '+': case '-': case ':': case ',': case '(': case '#': case '_':
+		return true;
+	default:
+		return false;
+	}
 }
 
 static bool
 is_header_type(char c)
 {
-	return c != '\0' && strchr("$*%~>|=!", c) != NULL;
+	switch (c) {
+	case '$': case '*': case '%': case '~': case '>': case '|': case '=':
+	case '!':
+		return true;
+	default:
+		return false;
+	}
 }
 
 static bool

@@ -10,11 +10,10 @@
 void
 latency_record(uint64_t *buckets, uint64_t us)
 {
-	unsigned i = 0;
+	/* the bucket is the bit length of us: 0 for 0, 1 for 1, 2 for 2-3... */
+	unsigned i = us == 0 ? 0 : 64 - (unsigned)__builtin_clzll(us);
 
-	while (i < LATENCY_BUCKETS - 1 && (us >> i) != 0)
-		i++;
-	buckets[i]++;
+	buckets[i < LATENCY_BUCKETS ? i : LATENCY_BUCKETS - 1]++;
 }
 
 /* The upper bound (in µs) of the bucket holding quantile q (0 < q < 1). */
