@@ -1628,7 +1628,7 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	u->col = (int)k->start_mark.column + 1;
 	u->pool = (struct cfg_pool){ .size = 8, .max_connections = 32,
 	    .idle_timeout_ms = 60 * MS_SECOND,
-	    .probe_interval_ms = 10 * MS_SECOND, .pipeline_depth = 32 };
+	    .probe_interval_ms = 10 * MS_SECOND, .pipeline_depth = 128 };
 	u->connect_timeout_ms = MS_SECOND;
 	u->request_timeout_ms = 5 * MS_SECOND;
 	u->failure_limit = 3;

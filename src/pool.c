@@ -57,7 +57,7 @@ pool_configure(struct pool *p, const struct cfg_upstream *up,
 	p->max_connections = up->pool.max_connections;
 	p->min_idle = up->pool.min_idle;
 	p->pipeline_depth = up->pool.pipeline_depth > 0 ?
-	    up->pool.pipeline_depth : 32;
+	    up->pool.pipeline_depth : 128;
 	p->idle_timeout_ms = up->pool.idle_timeout_ms;
 	p->max_lifetime_ms = up->pool.max_lifetime_ms;
 	p->probe_interval_ms = up->pool.probe_interval_ms;
