@@ -587,6 +587,13 @@ cmd_config(struct ctl_conn *cc)
 			for (size_t s = 0; s < up->nservers; s++)
 				evbuffer_add_printf(o, "  server %s\n",
 				    up->servers[s].addr.text);
+			if (up->auth_password != NULL)
+				evbuffer_add_printf(o, "  auth: user %s, password "
+				    "********\n", up->auth_user ? up->auth_user :
+				    "(default)");
+			for (size_t k = 0; k < up->nusers; k++)
+				evbuffer_add_printf(o, "  client_auth: user %s, "
+				    "password ********\n", up->users[k].user);
 		}
 		return;
 	}
@@ -623,7 +630,22 @@ cmd_config(struct ctl_conn *cc)
 			evbuffer_add_printf(o, "%s", s ? ", " : "");
 			json_string(o, up->servers[s].addr.text);
 		}
-		evbuffer_add_printf(o, "]}");
+		/* Secrets are never shown: only that they are set. */
+		evbuffer_add_printf(o, "], \"auth\": ");
+		if (up->auth_password == NULL) {
+			evbuffer_add_printf(o, "null");
+		} else {
+			evbuffer_add_printf(o, "{\"user\": ");
+			json_string(o, up->auth_user ? up->auth_user : "default");
+			evbuffer_add_printf(o, ", \"password\": \"********\"}");
+		}
+		evbuffer_add_printf(o, ", \"client_auth\": [");
+		for (size_t k = 0; k < up->nusers; k++) {
+			evbuffer_add_printf(o, "%s{\"user\": ", k ? ", " : "");
+			json_string(o, up->users[k].user);
+			evbuffer_add_printf(o, ", \"password\": \"********\"}");
+		}
+		evbuffer_add_printf(o, "], \"databases\": %u}", up->databases);
 	}
 	evbuffer_add_printf(o, "]}\n");
 }

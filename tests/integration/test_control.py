@@ -162,6 +162,26 @@ def control_mode_applied():
     assert mode == 0o660, oct(mode)
 
 
+@h.test("config shows the running configuration with every secret masked")
+def config_masks_secrets():
+    r = h.RedisServer()
+    cfg = h.redis_config([r], listen=[h.AUTO_TCP], workers=1)
+    cfg["upstreams"]["redis"]["client_auth"] = {"password": "clientsecret123"}
+    cfg["upstreams"]["redis"]["auth"] = {"password": "backendsecret456"}
+    r.call("CONFIG", "SET", "requirepass", "backendsecret456")
+    sp = h.Sidepool(cfg, start=False)
+    sp.config_src["control"] = {"path": os.path.join(sp.tmp, "control.sock")}
+    sp.start()
+    for args in (("config",), ("--json", "config")):
+        code, out, _ = ctl(sp, *args)
+        assert code == 0, out
+        assert "clientsecret123" not in out and "backendsecret456" not in out, out
+        assert "********" in out, out
+    doc = json.loads(ctl(sp, "--json", "config")[1])
+    up = doc["upstreams"][0]
+    assert up["auth"]["password"] == "********" and up["client_auth"][0]["user"] == "default"
+
+
 @h.test("the control socket file is removed at exit")
 def control_socket_removed_at_exit():
     r = h.RedisServer()

@@ -989,7 +989,7 @@ def backend_killed_and_restarted():
 def quit_keeps_server_connection():
     m = h.Memcached()
     sp = start_proxy([m], with_control=True, workers=1,
-                     pool={"size": 1, "max_connections": 1})
+                     pool={"size": 1, "max_connections": 1}, log_level="debug")
     k = ("%s:quit" % RUN).encode()
     with Mc(sp.addr()) as c:
         c.send(b"set %s 0 0 2\r\nhi\r\nget %s\r\nquit\r\nget %s\r\n" % (k, k, k))
@@ -1001,8 +1001,13 @@ def quit_keeps_server_connection():
         m.pause()
         try:
             c.send(b"get %s\r\nquit\r\n" % k)
-            h.poll_until(lambda: h.tcp_recv_queue(m.port) > 0, h.scale(5),
-                         what="the get to reach the stopped memcached")
+            try:
+                h.poll_until(lambda: h.tcp_recv_queue(m.port) > 0, h.scale(5),
+                             what="the get to reach the stopped memcached")
+            except AssertionError:
+                h.diag(open("/proc/net/tcp").read())
+                h.diag("port %d" % m.port)
+                raise
         finally:
             m.resume()
         data, closed = c.wait_closed(3)
@@ -1084,5 +1089,5 @@ def libmemcached_tools():
 
 
 if os.environ.get('MC_ONLY'):
-    h._tests[:] = [t for t in h._tests if os.environ['MC_ONLY'] in t[1].__name__]
+    h._tests[:] = [t for t in h._tests if any(x in t[1].__name__ for x in os.environ['MC_ONLY'].split(','))]
 h.run()
