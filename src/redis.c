@@ -217,12 +217,12 @@ parse_request(void *state, struct evbuffer *in, const struct cfg_limits *lim,
 {
 	struct redis_req_state *st = state;
 	struct resp_limits rl;
-	char first;
 
 	if (!st->mid) {
-		if (evbuffer_copyout(in, &first, 1) != 1)
+		struct evbuffer_iovec head;
+		if (evbuffer_peek(in, 1, NULL, &head, 1) < 1 || head.iov_len == 0)
 			return PV_NEED_MORE;
-		if (first != '*') {
+		if (*(const char *)head.iov_base != '*') {
 			enum proto_verdict v = convert_inline(in, lim, ri);
 			if (v != PV_FORWARD)
 				return v;

@@ -634,6 +634,48 @@ skip_line(const char *s, size_t n, bool *cr)
 }
 
 /*
+ * The common elements in one step when they are whole in the chunk: a
+ * "$N" or "*N" header, or a "+..." / ":..." line. Anything else, or
+ * anything split, takes the byte-by-byte path (which gives exact errors).
+ */
+static size_t
+fast_element(struct resp_reply_parser *p, const char *s, size_t n)
+{
+	char c = s[0];
+	int64_t v;
+	size_t took;
+
+	if (c == '+' || c == ':') {
+		const char *cr = memchr(s, '\r', n);
+		if (cr == NULL || (size_t)(cr - s) + 1 >= n || cr[1] != '\n')
+			return 0;
+		if (p->depth == 0) {
+			p->type = c;
+			p->push = false;
+		}
+		p->state = complete_element(p);
+		return (size_t)(cr - s) + 2;
+	}
+	if ((c != '$' && c != '*') || (took = fast_header(s, n, &v)) == 0)
+		return 0;
+	if (p->depth == 0) {
+		p->type = c;
+		p->push = false;
+	}
+	if (c == '*') {
+		p->line[0] = c;
+		p->linelen = 1;
+		p->state = open_aggregate(p, c, v);
+		return took;
+	}
+	p->line[0] = c; /* read again at the CRLF after the data */
+	p->linelen = 1;
+	p->bulk_left = (uint64_t)v;
+	p->state = v == 0 ? RPL_BULK_CR : RPL_BULK_DATA;
+	return took;
+}
+
+/*
  * One transition of the reply machine; returns the bytes consumed, which
  * is 0 only when the end of an error's first word moves it to another
  * state (so the feed loop always makes progress).
@@ -646,6 +688,8 @@ reply_step(struct resp_reply_parser *p, const char *s, size_t n)
 
 	switch (p->state) {
 	case RPL_TYPE:
+		if ((took = fast_element(p, s, n)) > 0)
+			return took;
 		p->state = begin_element(p, s[0]);
 		return 1;
 	case RPL_ERRCODE:
@@ -701,8 +745,15 @@ reply_step(struct resp_reply_parser *p, const char *s, size_t n)
 	case RPL_BULK_DATA:
 		took = min_size(n, p->bulk_left);
 		p->bulk_left -= took;
-		if (p->bulk_left == 0)
-			p->state = RPL_BULK_CR;
+		if (p->bulk_left > 0)
+			return took;
+		/* Not for a chunk of a streamed string: another chunk follows. */
+		if (n - took >= 2 && s[took] == '\r' && s[took + 1] == '\n' &&
+		    p->line[0] != ';') {
+			p->state = complete_element(p);
+			return took + 2;
+		}
+		p->state = RPL_BULK_CR;
 		return took;
 	case RPL_BULK_CR:
 	case RPL_END_CR:

@@ -9,7 +9,10 @@ with memcached itself.
    reply bytes must be identical, except where docs/memcache.md documents
    a deliberate difference (binary protocol, overlong lines, refused
    commands, too many keys, stats values): those rows assert the proxy's
-   documented answer. A seeded differential fuzz of command lines follows.
+   documented answer. Two behaviours of memcached sidepool does not match
+   yet have tests of their own (a too-large set/ms removes the old item;
+   a quiet ma that creates the item is answered). A seeded differential
+   fuzz of command lines follows (SIDEPOOL_MC_FUZZ_SEED=n to vary it).
 2. 20 threads pipeline noreply, quiet meta, multi-get, incr and delete on
    ONE shared server connection and each gets exactly its own replies.
 3. Garbage and limits: memcached's errors, closes where memcached closes,
@@ -21,7 +24,8 @@ with memcached itself.
 5. quit closes the client, never the pooled server connection.
 6. libmemcached's tools (memcp/memcat/memrm/memcslap) through sidepool.
 
-See docs/memcache-compat.md.
+See docs/memcache-compat.md. MC_ONLY=word[,word] runs only the tests whose
+function names contain one of the words.
 """
 
 import json
@@ -29,7 +33,6 @@ import os
 import random
 import re
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +102,22 @@ def assert_one_connection(sp, what):
         "pools say opened=%d closed=%s (%s)" % (what, opened, nz, ps)
 
 
+def pause(server):
+    """SIGSTOP, then wait until every thread is really stopped: kill()
+    returns before the signal takes effect, and a worker thread already
+    running would still answer what arrives meanwhile."""
+    server.pause()
+
+    def stopped():
+        tasks = os.listdir("/proc/%d/task" % server.pid)
+        for t in tasks:
+            with open("/proc/%d/task/%s/stat" % (server.pid, t)) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                    return False
+        return True
+    h.poll_until(stopped, h.scale(5), interval=0.002, what="memcached to stop (SIGSTOP)")
+
+
 # --------------------------------------------------------------------------
 # A raw memcached text-protocol client
 
@@ -156,15 +175,6 @@ class Mc:
                 break
         data, self.buf = self.buf, b""
         return data, closed
-
-    def read_n(self, n, timeout=None):
-        """Exactly n bytes (or fewer if the peer closes first)."""
-        deadline = time.monotonic() + (h.scale(timeout) if timeout else self.timeout)
-        while len(self.buf) < n:
-            if not self._recv(deadline):
-                break
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
 
     def line(self, timeout=None):
         data, closed = self.read_until(lambda b: b"\r\n" in b, timeout)
@@ -379,10 +389,6 @@ CASES = [
     ("a 2 MB value is refused and its data (command lines) swallowed", [
         S(b"set k 0 0 %d\r\n" % len(BIGV), BIGV, b"\r\nset k2 0 0 %d noreply\r\n" % len(BIGV),
           BIGV, b"\r\nget k k2\r\n")]),
-    ("a failed too-large set removes the old value (memcached: no stale data)", [
-        S(b"set k 0 0 5\r\nhello\r\nset k 0 0 %d\r\n" % len(OVER1M), OVER1M, b"\r\nget k\r\n")]),
-    ("a failed too-large ms removes the old value", [
-        S(b"set k 0 0 5\r\nhello\r\nms k %d T0\r\n" % len(OVER1M), OVER1M, b"\r\nmg k v\r\n")]),
     # ---- arithmetic, touch
     ("incr/decr: numbers, missing, non-numeric, bad delta, wrap, floor", [
         b"set n 0 0 1\r\n5\r\nincr n 10\r\ndecr n 3\r\ndecr n 100\r\nincr nope 1\r\n"
@@ -419,11 +425,18 @@ CASES = [
     ("mg on a 250 key, base64 key, too many flags", [
         S(b"ms a 1\r\n1\r\nmg YQ== b v k\r\nmg a v k t f c s O1 h l q T0 N0 R0 E1 x y z\r\n"
           b"mg a v k t f c s O1 h l T0 N0 R0 E1 x y z w\r\n")], {"norm": norm_ttl}),
+    ("too many flags on ms, md, ma (17 fine, 18 refused)", [
+        b"ms a 1 T0 F1 c k O1 s f t b0 I1 I2 I3 I4 I5 I6 I7 I8\r\nx\r\n"
+        b"ms a 1 T0 F1 c k O1 s f t b0 I1 I2 I3 I4 I5 I6 I7 I8 I9\r\nx\r\n"
+        b"md a O1 k q T0 x1 x2 x3 x4 x5 x6 x7 x8 x9 xa xb xc xd\r\n"
+        b"ma a O1 k q T0 x1 x2 x3 x4 x5 x6 x7 x8 x9 xa xb xc xd xe\r\n"
+        b"md a O1 k T0 x1 x2 x3 x4 x5 x6 x7 x8 x9 xa xb xc xd xe\r\n"]),
     ("ms with flags: T F c I, modes E A P R S, base64", [
         b"ms k 2 T0 F3 c\r\nab\r\nms k 2 ME\r\ncd\r\nms k 2 MA\r\nef\r\nms k 2 MP\r\ngh\r\n"
         b"ms k 2 MR\r\nij\r\nms nope 2 MR\r\nkl\r\nms nope 2 MA\r\nmn\r\nms k 2 MS k O5\r\nop\r\n"
-        b"mg k v f\r\nms YWI= 1 b\r\nz\r\nmg ab v\r\nms k 2 MX\r\nqr\r\n"]),
-    ("ms cas: good, stale, invalidate", [
+        b"mg k v f\r\nms YWI= 1 b\r\nz\r\nmg ab v\r\nms k 2 MX\r\nqr\r\n"
+        b"ms k 2 I T30\r\nst\r\nmg k v c\r\nms k 2 I\r\nuv\r\nmg k v\r\n"]),
+    ("ms cas: good, stale (EX), missing (NF)", [
         b"ms k 1 c\r\na\r\n",
         lambda r: b"ms k 1 C%d\r\nb\r\nms k 1 C%d\r\nc\r\nms nope 1 C1\r\nd\r\nmg k v\r\n" % (
             int(re.search(rb"c(\d+)", r[0]).group(1)), 1)]),
@@ -442,8 +455,6 @@ CASES = [
         b"ma n q\r\nma n v q\r\nma nope q\r\nmg n v\r\nms s 3\r\nabc\r\n"
         b"ma s\r\nma s q\r\nma n D-1\r\nma n Dabc\r\nma n MZ\r\nma n O9 k v\r\nma\r\n"],
      {"norm": norm_ttl}),
-    ("ma quiet that autovivifies: memcached shows what it created", [
-        b"ma v1 N0 J7 v q\r\nma h1 N0 J7 q\r\nma h1 N0 J7 q\r\nmg v1 v\r\nmg h1 v\r\n"]),
     ("mg quiet that autovivifies (N): VA/HD with W shown", [
         b"mg m1 N30 v q\r\nmg m1 N30 v q\r\nmg m2 N30 q\r\nmg m3 N30 v\r\nmg m4 N30 s q\r\n"]),
     ("mn, me (la and exp are clock readings)", [
@@ -494,6 +505,30 @@ CASES = [
     ("more than max_args (65536) keys in one get", [
         S(b"get ", b" ".join(b"%x" % i for i in range(65537)), b"\r\n")],
      {"proxy": ([b"CLIENT_ERROR sidepool: too many keys (max 65536)\r\n" + END_REP], False)}),
+]
+
+
+# Rows on their own tests: what memcached does to the item when it refuses
+# a value, and quiet mode when ma creates the item.
+CASES_TOO_LARGE = [
+    ("set (and set noreply) too large: the old value is gone, as memcached unlinks it", [
+        S(b"set k 0 0 5\r\nhello\r\nset k 0 0 %d\r\n" % len(OVER1M), OVER1M, b"\r\nget k\r\n"),
+        S(b"set k 0 0 5\r\nhello\r\nset k 0 0 %d noreply\r\n" % len(OVER1M), OVER1M,
+          b"\r\nget k\r\n")]),
+    ("ms too large, in set, append and add mode: the old value is gone", [
+        S(b"ms k 5\r\nhello\r\nms k %d T0\r\n" % len(OVER1M), OVER1M, b"\r\nmg k v\r\n"),
+        S(b"ms k 5\r\nhello\r\nms k %d MA\r\n" % len(OVER1M), OVER1M, b"\r\nmg k v\r\n"),
+        S(b"ms k 5\r\nhello\r\nms k %d ME q\r\n" % len(OVER1M), OVER1M, b"\r\nmg k v\r\n")]),
+    ("replace/append/cas too large: the old value stays (memcached unlinks only on set)", [
+        S(b"set k 0 0 5\r\nhello\r\nreplace k 0 0 %d\r\n" % len(OVER1M), OVER1M,
+          b"\r\nappend k 0 0 %d\r\n" % len(OVER1M), OVER1M,
+          b"\r\ncas k 0 0 %d 1\r\n" % len(OVER1M), OVER1M, b"\r\nget k\r\n")]),
+]
+
+CASES_MA_VIVIFY = [
+    ("ma q that autovivifies: memcached shows the created value (VA) or HD", [
+        b"ma v1 N0 J7 v q\r\nma h1 N0 J7 q\r\nma h1 N0 J7 q\r\nma v1 N0 J7 v q\r\n"
+        b"mg v1 v\r\nmg h1 v\r\n"]),
 ]
 
 
@@ -557,6 +592,20 @@ def byte_for_byte_table():
     failures = run_table(CASES)
     assert not failures, "%d of %d rows differ:\n%s" % (
         len(failures), len(CASES), "\n".join(failures))
+
+
+@h.test("a value too large for the item size: the stale item goes exactly when memcached "
+        "removes it (set and ms), stays otherwise", timeout=30)
+def too_large_value_removes_stale_item():
+    failures = run_table(CASES_TOO_LARGE)
+    assert not failures, "%d of %d rows differ:\n%s" % (
+        len(failures), len(CASES_TOO_LARGE), "\n".join(failures))
+
+
+@h.test("quiet ma that creates the item (N): the HD/VA memcached shows is shown")
+def quiet_ma_autovivify():
+    failures = run_table(CASES_MA_VIVIFY)
+    assert not failures, "\n".join(failures)
 
 
 # Differential fuzz: command lines built from memcached's own vocabulary,
@@ -924,7 +973,7 @@ def backend_killed_and_restarted():
     try:
         for c in clients:
             assert c.call(b"set a 0 0 1\r\n1\r\n") == b"STORED\r\nMN\r\n"
-        m.pause()
+        pause(m)
         batch = (b"get a b c\r\nset b 0 0 1 noreply\r\nx\r\nincr n 1\r\nmg a v q\r\n"
                  b"ms a 1 q\r\nz\r\ndelete zz noreply\r\nmn\r\n")
         expect = 5   # get, incr, mg q, ms q, mn; the noreply set and delete: nothing
@@ -969,7 +1018,12 @@ def backend_killed_and_restarted():
         m.restart()
 
         def works():
-            return clients[0].call(b"set a 0 0 2\r\nok\r\n", timeout=5) == b"STORED\r\nMN\r\n"
+            clients[0].send(b"set a 0 0 2\r\nok\r\n")
+            line = clients[0].line(timeout=5)
+            if line == b"STORED\r\n":
+                return True
+            assert line.startswith(b"SERVER_ERROR sidepool: "), line
+            return False
         h.poll_until(works, h.scale(10), what="set through sidepool to succeed after restart")
         for i, c in enumerate(clients):
             got = c.call(b"get a\r\nincr a 1\r\nset n 0 0 1\r\n7\r\nincr n 1\r\n")
@@ -989,7 +1043,7 @@ def backend_killed_and_restarted():
 def quit_keeps_server_connection():
     m = h.Memcached()
     sp = start_proxy([m], with_control=True, workers=1,
-                     pool={"size": 1, "max_connections": 1}, log_level="debug")
+                     pool={"size": 1, "max_connections": 1})
     k = ("%s:quit" % RUN).encode()
     with Mc(sp.addr()) as c:
         c.send(b"set %s 0 0 2\r\nhi\r\nget %s\r\nquit\r\nget %s\r\n" % (k, k, k))
@@ -998,16 +1052,11 @@ def quit_keeps_server_connection():
 
     # quit while the reply to the request before it is still at the server
     with Mc(sp.addr()) as c:
-        m.pause()
+        pause(m)
         try:
             c.send(b"get %s\r\nquit\r\n" % k)
-            try:
-                h.poll_until(lambda: h.tcp_recv_queue(m.port) > 0, h.scale(5),
-                             what="the get to reach the stopped memcached")
-            except AssertionError:
-                h.diag(open("/proc/net/tcp").read())
-                h.diag("port %d" % m.port)
-                raise
+            h.poll_until(lambda: h.tcp_recv_queue(m.port) > 0, h.scale(5),
+                         what="the get to reach the stopped memcached")
         finally:
             m.resume()
         data, closed = c.wait_closed(3)
@@ -1088,6 +1137,9 @@ def libmemcached_tools():
     assert not bad, "server connections closed for %s" % bad
 
 
-if os.environ.get('MC_ONLY'):
-    h._tests[:] = [t for t in h._tests if any(x in t[1].__name__ for x in os.environ['MC_ONLY'].split(','))]
+# MC_ONLY=name,name runs only the tests whose function names contain one
+# of them (to rerun a failure quickly).
+if os.environ.get("MC_ONLY"):
+    h._tests[:] = [t for t in h._tests
+                   if any(x in t[1].__name__ for x in os.environ["MC_ONLY"].split(","))]
 h.run()

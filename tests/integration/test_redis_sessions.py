@@ -405,6 +405,54 @@ def quit_mid_transaction():
                ["OK", "QUEUED", ["OK"]], "C: a transaction after A's WATCH was abandoned")
 
 
+@h.test("session commands pipelined behind shared requests keep the order; when every "
+        "connection is held by a session, others get a clear error at once, not a hang")
+def sessions_pipelined_and_pool_exhausted():
+    r = h.RedisServer()
+    sp = start(r)
+    with sp.client() as a:
+        expect(a.pipeline([("SET", "pe:k", "1"), ("MULTI",), ("INCR", "pe:k"), ("EXEC",),
+                           ("GET", "pe:k")]),
+               ["OK", "OK", "QUEUED", [2], b"2"], "SET / MULTI / INCR / EXEC / GET")
+        expect(a.pipeline([("SET", "pe:k", "1"), ("BLPOP", "pe:l", "0.1"), ("GET", "pe:k")]),
+               ["OK", None, b"1"], "SET / BLPOP 0.1 / GET")
+        expect(a.pipeline([("GET", "pe:k"), ("SUBSCRIBE", "pe:ch")]),
+               [b"1", [b"subscribe", b"pe:ch", 1]], "GET / SUBSCRIBE")
+        expect(r.call("PUBLISH", "pe:ch", "m"), 1, "PUBLISH")
+        expect(a.read_reply(), [b"message", b"pe:ch", b"m"], "the message")
+        expect(a.pipeline([("UNSUBSCRIBE", "pe:ch"), ("GET", "pe:k"), ("PING",)]),
+               [[b"unsubscribe", b"pe:ch", 0], b"1", "PONG"], "UNSUBSCRIBE / GET / PING")
+    wait_dedicated(sp, 0, "after the pipelined sessions")
+    # max_connections 3: three transactions hold all three connections
+    held = [sp.client() for _ in range(3)]
+    for i, c in enumerate(held):
+        expect(c.call("MULTI"), "OK", "MULTI %d" % i)
+    wait_dedicated(sp, 3, "with three clients in MULTI")
+    with sp.client() as d, sp.client() as e:
+        t0 = time.monotonic()
+        reply = d.call("MULTI")
+        took = time.monotonic() - t0
+        assert isinstance(reply, h.Error) and mentions(reply, "max_connections"), \
+            "a fourth MULTI: %r" % (reply,)
+        assert took < h.scale(1.0), "the fourth MULTI waited %.2fs" % took
+        t0 = time.monotonic()
+        reply = e.call("GET", "pe:k")
+        took = time.monotonic() - t0
+        assert isinstance(reply, h.Error) and mentions(reply, "max_connections"), \
+            "a GET with every connection held: %r" % (reply,)
+        assert took < h.scale(1.0), "the GET waited %.2fs" % took
+        h.diag("pool exhausted: %s" % reply)
+        for i, c in enumerate(held):
+            expect(c.pipeline([("INCR", "pe:n"), ("EXEC",)]), ["QUEUED", [i + 1]],
+                   "INCR / EXEC %d" % i)
+        wait_dedicated(sp, 0, "after the three EXECs")
+        expect(e.call("GET", "pe:n"), b"3", "GET once the sessions are over")
+        expect(d.pipeline([("MULTI",), ("INCR", "pe:n"), ("EXEC",)]), ["OK", "QUEUED", [4]],
+               "MULTI / INCR / EXEC once the sessions are over")
+    for c in held:
+        c.close()
+
+
 # ---------------------------------------------------------------- 3. pub/sub
 
 @h.test("pub/sub: messages in order, PING in subscribed mode, UNSUBSCRIBE returns the "
@@ -471,6 +519,61 @@ def pubsub():
     h.diag("connections opened: %d before S2 left, %d now" % (opened, pool_row(sp)["opened"]))
     s.close()
     p.close()
+
+
+@h.test("a SUBSCRIBE queued in MULTI does not leave a subscribed connection in the pool")
+def subscribe_inside_multi():
+    r = h.RedisServer()
+    sp = start(r)
+    a = sp.client(0)
+    # redis-server runs a queued SUBSCRIBE at EXEC: the connection is then
+    # subscribed, whatever sidepool thought the transaction was
+    got = a.pipeline([("MULTI",), ("SUBSCRIBE", "ms:ch"), ("EXEC",)])
+    h.diag("MULTI / SUBSCRIBE / EXEC: %r" % (got,))
+    expect(got[0], "OK", "MULTI")
+    # whoever comes next must find a clean connection
+    for i in range(6):
+        with sp.client(i % 2) as b:
+            expect(b.call("SET", "ms:k%d" % i, "v"), "OK",
+                   "client %d: SET after A's MULTI / SUBSCRIBE / EXEC" % i)
+            expect(b.call("GET", "ms:k%d" % i), b"v", "client %d: GET" % i)
+    # a connection subscribed on the server must be A's own, and then A
+    # gets the messages
+    subscribed = [row for row in client_list(r) if row.get("sub", "0") != "0"]
+    dedicated = pool_row(sp)["dedicated"]
+    assert len(subscribed) <= dedicated, \
+        "%d server connection(s) subscribed but %d dedicated: a subscribed connection is " \
+        "back in the pool" % (len(subscribed), dedicated)
+    if subscribed:
+        expect(r.call("PUBLISH", "ms:ch", "hi"), 1, "PUBLISH to A's subscription")
+        expect(a.read_reply(), [b"message", b"ms:ch", b"hi"], "A receives the message")
+    else:
+        expect(a.call("GET", "ms:k0"), b"v", "A: GET after the transaction")
+    a.close()
+    poll_clients(r, no_subscription, "no subscription left after A left")
+
+
+@h.test("MONITOR streams to its own client only; a monitor that leaves is closed")
+def monitor():
+    r = h.RedisServer()
+    sp = start(r)
+    m = sp.client(0)
+    expect(m.call("MONITOR"), "OK", "MONITOR")
+    wait_dedicated(sp, 1, "while monitoring")
+    with sp.client(1) as c:
+        expect(c.call("SET", "mon:k", "v"), "OK", "SET while a monitor runs")
+        expect(c.call("GET", "mon:k"), b"v", "GET while a monitor runs")
+    line = m.read_reply()
+    while isinstance(line, str) and "mon:k" not in line:
+        line = m.read_reply()
+    assert '"SET" "mon:k" "v"' in line, "MONITOR line: %r" % (line,)
+    m.close()
+    poll_clients(r, lambda rows: all("O" not in row.get("flags", "") for row in rows),
+                 "no monitor left on the server")
+    wait_dedicated(sp, 0, "after the monitor left")
+    with sp.client() as c:
+        for i in range(10):
+            expect(c.call("GET", "mon:k"), b"v", "GET after the monitor left")
 
 
 # ---------------------------------------------------------------- 4. blocking
@@ -859,6 +962,27 @@ def refuse_commands():
         expect(c.call("SCAN", "0", "COUNT", "100")[1] != [], True, "SCAN works")
         expect(c.call("GET", "rf:k"), b"v", "GET")
     wait_dedicated(sp, 0, "at the end")
+
+
+@h.test("refuse_commands with a subcommand (config|set): either the config is rejected, "
+        "or exactly that subcommand is refused")
+def refuse_subcommand():
+    r = h.RedisServer()
+    cfg = h.redis_config([r], workers=1, upstream_extra={"refuse_commands": ["config|set"]})
+    text = h.to_yaml(cfg).replace("@tcp", "127.0.0.1:%d" % h.free_port())
+    res, _ = h.run_sidepool(["-t", "-c", "{config}"], config_text=text)
+    if res.returncode != 0:
+        h.diag("refuse_commands: [config|set] is rejected: %s" % (res.stderr or res.stdout).strip())
+        return
+    sp = start(r, refuse_commands=["config|set"])
+    with sp.client() as c:
+        reply = c.call("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        assert isinstance(reply, h.Error) and "CONFIG" in reply.upper(), \
+            "CONFIG SET with refuse_commands: [config|set] (accepted by -t): %r" % (reply,)
+        expect(r.call("CONFIG", "GET", "maxmemory-policy"), [b"maxmemory-policy", b"noeviction"],
+               "maxmemory-policy in redis")
+        expect(c.call("CONFIG", "GET", "maxmemory-policy"),
+               [b"maxmemory-policy", b"noeviction"], "CONFIG GET (not refused)")
 
 
 # ---------------------------------------------------------------- 8. real clients
