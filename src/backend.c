@@ -291,16 +291,17 @@ backend_set_owner(struct backend *b, void *owner, void (*lost)(void *owner))
 		b->pool->stats.sessions++;
 }
 
-/* Hand the reply (or the failure) to the request, which leaves our queue. */
+/* Hand the reply (or the failure) to the request, which leaves our queue.
+ * The reply is len bytes at the head of src (b->in, or a replacement). */
 static void
-complete_request(struct backend *b, struct request *req, size_t len,
-    bool drop, const char *errmsg)
+complete_from(struct backend *b, struct request *req, struct evbuffer *src,
+    size_t len, bool drop, const char *errmsg)
 {
 	struct pool *p = b->pool;
 
 	if (req->stream && errmsg == NULL) {
 		/* It stays at the head; the client may end it from done. */
-		req->done(req, b->in, len, drop, NULL);
+		req->done(req, src, len, drop, NULL);
 		return;
 	}
 	TAILQ_REMOVE(&b->inflight, req, backend_link);
@@ -315,11 +316,18 @@ complete_request(struct backend *b, struct request *req, size_t len,
 		/* Its client left: read and discard, stay in step. */
 		req->backend = NULL;
 		if (errmsg == NULL)
-			evbuffer_drain(b->in, len);
+			evbuffer_drain(src, len);
 		request_free(p->requests, req);
 		return;
 	}
-	req->done(req, b->in, len, drop, errmsg);
+	req->done(req, src, len, drop, errmsg);
+}
+
+static void
+complete_request(struct backend *b, struct request *req, size_t len,
+    bool drop, const char *errmsg)
+{
+	complete_from(b, req, b->in, len, drop, errmsg);
 }
 
 /* What a close says about the server's health: nothing, one failure, or
@@ -534,6 +542,15 @@ parse_replies(struct backend *b)
 			    "server is busy (LOADING, MASTERDOWN or BUSY)");
 		else if (b->pool->failures > 0 || b->pool->down)
 			pool_record_success(b->pool, clock_ms());
+		if (ri.replace != NULL) {
+			struct evbuffer *scratch = b->pool->queues->scratch;
+			size_t n = strlen(ri.replace);
+			evbuffer_drain(b->in, ri.len);
+			evbuffer_drain(scratch, evbuffer_get_length(scratch));
+			evbuffer_add(scratch, ri.replace, n);
+			complete_from(b, req, scratch, n, ri.drop, NULL);
+			continue;
+		}
 		complete_request(b, req, ri.len, ri.drop, NULL);
 	}
 	if (b->state == BACKEND_ACTIVE && b->ninflight == 0)

@@ -70,6 +70,7 @@ TAILQ_HEAD(backend_list, backend);
 struct backend_queues {
 	struct backend *dirty;
 	struct backend *dead;
+	struct evbuffer *scratch; /* a reply the protocol replaced */
 	struct event *flush_ev; /* activated whenever either list gains one */
 };
 

@@ -337,6 +337,29 @@ mc_value_fits(const struct mc_cmdline *cl, const struct cfg_limits *lim,
 	    total <= lim->max_request_size;
 }
 
+/*
+ * memcached refuses a value too large for it and also deletes the key's
+ * old item ("avoid stale data persisting in cache") for set and ms. We
+ * refuse it ourselves, so the delete is ours to send: md keeps a base64
+ * key base64.
+ */
+static void
+mc_plan_evict(struct mc_plan *plan, const struct mc_cmdline *cl)
+{
+	const struct mc_token *key = &cl->tok[1];
+	bool b64 = false;
+
+	if (cl->cmd->kind == MC_K_MS)
+		for (size_t i = 3; i < cl->ntok; i++)
+			if (cl->tok[i].len == 1 && cl->tok[i].p[0] == 'b')
+				b64 = true;
+	snprintf(plan->evict, sizeof(plan->evict), "%s %.*s%s\r\n",
+	    cl->cmd->kind == MC_K_MS ? "md" : "delete", (int)key->len, key->p,
+	    b64 ? " b" : "");
+	plan->action = MC_ACT_EVICT;
+	plan->pflags = MC_PF_EVICTED | (plan->noreply ? MC_PF_NOREPLY : 0);
+}
+
 /* A data block follows: forward it, or refuse it and drop it unread, as
  * memcached swallows the block of an item it cannot store. */
 static void
@@ -347,6 +370,8 @@ mc_expect_data(struct mc_plan *plan, const struct mc_cmdline *cl,
 	if (!mc_value_fits(cl, lim, vlen)) {
 		mc_fail(plan, MC_E_TOO_LARGE);
 		plan->swallow = true;
+		if (strcmp(cl->cmd->name, "set") == 0 || cl->cmd->kind == MC_K_MS)
+			mc_plan_evict(plan, cl);
 		return;
 	}
 	plan->has_data = true;
@@ -837,6 +862,20 @@ mc_req_act(struct mc_req_state *st, struct evbuffer *in,
 			st->name = plan->name;
 		}
 		return PV_LOCAL;
+	case MC_ACT_EVICT:
+		/* the line becomes the delete; the data block is dropped */
+		if (evbuffer_drain(in, line_len) != 0 ||
+		    evbuffer_prepend(in, plan->evict, strlen(plan->evict)) != 0)
+			return mc_req_close(st, ri, plan->name, MC_E_NOMEM);
+		ri->len = strlen(plan->evict);
+		ri->pflags = plan->pflags;
+		mc_req_reset(st);
+		if (plan->data_len > 0) {
+			st->phase = MC_RQ_SWALLOW;
+			st->data_len = plan->data_len;
+			st->name = plan->name;
+		}
+		return PV_FORWARD;
 	case MC_ACT_FORWARD:
 		st->line_len = line_len;
 		st->pflags = plan->pflags;
@@ -1038,6 +1077,8 @@ mc_reply_done(struct mc_reply_state *st, uint32_t pflags,
 {
 	ri->len = st->pos;
 	ri->drop = mc_reply_dropped(pflags, st->first);
+	if ((pflags & MC_PF_EVICTED) && !ri->drop)
+		ri->replace = MC_E_TOO_LARGE "\r\n";
 	mc_reply_reset(st);
 	return RV_REPLY;
 }

@@ -48,6 +48,7 @@ enum mc_shape {
 #define MC_PF_DROP_EN 0x20u /* meta q: hide "EN" (mg miss) */
 #define MC_PF_DROP_HD 0x40u /* meta q: hide "HD" (ms, md, ma success) */
 #define MC_PF_DROP_VA 0x80u /* meta q: hide a "VA" block (ma v success) */
+#define MC_PF_EVICTED 0x100u /* the reply stands for "object too large" */
 
 /* One space-separated token of a command line. */
 struct mc_token {
@@ -94,6 +95,9 @@ enum mc_action {
 	MC_ACT_FORWARD, /* send it (and its data block) to the server */
 	MC_ACT_REPLY,   /* answer reply[] here (may be empty: noreply) */
 	MC_ACT_QUIT,    /* close the client without a word */
+	MC_ACT_EVICT,   /* too large for set/ms: forward evict[] instead, drop the
+			   data, answer "object too large" (memcached deletes
+			   the old item so no stale value stays readable) */
 };
 
 struct mc_plan {
@@ -107,6 +111,7 @@ struct mc_plan {
 	size_t strip_from;         /* MC_ACT_FORWARD: line bytes to remove */
 	size_t strip_to;           /* (noreply, q): [strip_from, strip_to) */
 	char reply[128];           /* MC_ACT_REPLY: text, "\r\n" included */
+	char evict[300];           /* MC_ACT_EVICT: the line to forward */
 };
 
 /*

@@ -73,6 +73,7 @@ struct replyinfo {
 	bool drop;       /* the client asked for no reply (noreply, quiet mode) */
 	bool push;       /* out-of-band message, not the answer to a request */
 	bool busy_error; /* server says it cannot serve (LOADING, MASTERDOWN, BUSY) */
+	const char *replace; /* the client gets these bytes instead (static) */
 	const char *err; /* on RV_ERROR: what was wrong */
 };
 

@@ -584,8 +584,9 @@ worker_init(struct worker *w, unsigned id, struct generation *gen,
 	w->janitor = event_new(w->base, -1, EV_PERSIST, on_janitor, w);
 	w->mailbox = event_new(w->base, -1, EV_PERSIST, on_mailbox, w);
 	w->env.scratch = evbuffer_new();
+	w->backends.scratch = evbuffer_new();
 	if (flush == NULL || w->janitor == NULL || w->mailbox == NULL ||
-	    w->env.scratch == NULL) {
+	    w->env.scratch == NULL || w->backends.scratch == NULL) {
 		if (flush != NULL)
 			event_free(flush);
 		snprintf(err, errlen, "worker %u: out of memory", id);
@@ -669,6 +670,8 @@ worker_free(struct worker *w)
 	request_cache_clear(&w->env.requests);
 	if (w->env.scratch != NULL)
 		evbuffer_free(w->env.scratch);
+	if (w->backends.scratch != NULL)
+		evbuffer_free(w->backends.scratch);
 	if (w->env.flush_ev != NULL)
 		event_free(w->env.flush_ev);
 	if (w->janitor != NULL)

@@ -269,7 +269,51 @@ def select_pipelined_and_errors():
     wait_dedicated(sp, 0, "after the transaction")
 
 
+@h.test("databases set above the server's: a SELECT the server refuses fails that client's "
+        "request only; other clients never see the server down")
+def databases_above_the_servers():
+    r = h.RedisServer()  # 16 databases
+    sp = start(r, databases=32)
+    with sp.client(0) as a, sp.client(1) as b:
+        expect(b.call("SET", "dbx:k", "v"), "OK", "B: SET")
+        expect(a.call("SELECT", "20"), "OK", "A: SELECT 20 (allowed by databases: 32)")
+        reply = a.call("GET", "dbx:k")
+        assert isinstance(reply, h.Error), "A: GET in a database the server lacks: %r" % (reply,)
+        h.diag("A: GET in database 20: %s" % reply)
+        for i in range(5):
+            reply = b.call("GET", "dbx:k")
+            expect(reply, b"v", "B: GET %d after A's refused SELECT (the server is up)" % i)
+        doc = ctl_json(sp, "servers")["servers"][0]
+        expect(doc["state"], "up", "sidepoolctl servers: state (last error %r)" %
+               doc.get("last_error"))
+
+
 # ---------------------------------------------------------------- 2. transactions
+
+@h.test("a SELECT queued in a transaction that aborts (WATCH conflict, EXECABORT) leaves "
+        "the client's database as it was, as on redis-server")
+def select_in_aborted_transaction():
+    r = h.RedisServer()
+    sp = start(r)
+    with sp.client() as a, direct(r) as other:
+        expect(a.call("WATCH", "ab:k"), "OK", "WATCH")
+        expect(other.call("SET", "ab:k", "x"), "OK", "a conflicting SET")
+        got = a.pipeline([("MULTI",), ("SELECT", "5"), ("EXEC",), ("SET", "ab:w", "1")])
+        expect(got, ["OK", "QUEUED", None, "OK"], "WATCH / MULTI / SELECT 5 / EXEC (aborted) / SET")
+        got = a.pipeline([("MULTI",), ("SELECT", "6"), ("SET", "ab:k"), ("EXEC",),
+                          ("SET", "ab:e", "1")])
+        expect(got[:2], ["OK", "QUEUED"], "MULTI / SELECT 6")
+        assert isinstance(got[3], h.Error) and got[3].startswith("EXECABORT"), got
+        expect(got[4], "OK", "SET after EXECABORT")
+    for db, keys in ((5, []), (6, [])):
+        with direct(r, db=db) as d:
+            expect(sorted(d.call("KEYS", "ab:*")), keys,
+                   "keys in db %d (the aborted transaction's SELECT was applied)" % db)
+    with direct(r) as d:
+        expect(d.pipeline([("GET", "ab:w"), ("GET", "ab:e")]), [b"1", b"1"],
+               "the SETs after the aborted transactions, in db 0")
+
+
 
 @h.test("MULTI: A's commands are QUEUED while other clients' commands answer at once; "
         "EXEC returns the results; DISCARD works; EXEC without MULTI is refused")
@@ -322,6 +366,25 @@ def multi_does_not_hold_others():
         expect(c.call("SET", "tx:after", "ok"), "OK", "SET after EXECABORT (not QUEUED)")
     wait_dedicated(sp, 0, "at the end")
     a.close()
+
+
+@h.test("inside MULTI, the commands sidepool answers itself (CLIENT GETNAME/ID, PING, ECHO) "
+        "are QUEUED and answered in EXEC's array, as on redis-server")
+def local_commands_inside_multi():
+    r = h.RedisServer()
+    sp = start(r)
+    cmds = [("CLIENT", "SETNAME", "n"), ("MULTI",), ("CLIENT", "GETNAME"), ("SET", "lm:k", "v"),
+            ("PING",), ("ECHO", "e"), ("CLIENT", "ID"), ("EXEC",), ("GET", "lm:k")]
+    with sp.client() as c, direct(r) as d:
+        got, want = c.pipeline(cmds), d.pipeline(cmds)
+    # CLIENT ID's value is the proxy's own: compare its type only
+    for x in (got, want):
+        if isinstance(x[7], list) and len(x[7]) == 5 and isinstance(x[7][4], int):
+            x[7][4] = "<id>"
+        if isinstance(x[6], int):
+            x[6] = "<id>"
+    expect(got, want, "MULTI with CLIENT GETNAME / SET / PING / ECHO / CLIENT ID / EXEC "
+           "(redis-py's transaction pipeline rejects an EXEC array of the wrong length)")
 
 
 @h.test("WATCH: a conflicting write makes EXEC return a null array (*-1); without a "
@@ -802,6 +865,9 @@ def backend_acl_user():
             (row.get("id"), row.get("user")) for row in rows]
     code, out, err = ctl(sp, "config")
     assert "apppw" not in out, "sidepoolctl config shows the backend password"
+    up = ctl_json(sp, "config")["upstreams"][0]
+    expect(up.get("auth"), {"user": "app", "password": "********"},
+           "sidepoolctl --json config: auth")
     # a wrong password in the config
     bad = start(r, auth={"user": "app", "password": "wrong"})
     with bad.client() as c:
@@ -905,6 +971,27 @@ def hello_and_client_names():
     with sp.client(0) as c:
         expect(c.call("CLIENT", "GETNAME"), None, "a new client's CLIENT GETNAME")
     b.close()
+
+
+@h.test("CLIENT ID (and HELLO's id) is unique among the clients of all workers")
+def client_ids_unique():
+    r = h.RedisServer()
+    cfg = h.redis_config([r], listen=[h.AUTO_TCP, h.AUTO_UNIX], workers=2, pool=SMALL_POOL)
+    sp = h.Sidepool(cfg)
+
+    def one(i):
+        c = sp.client(i % 2)
+        hello = c.call("HELLO")
+        return c, c.call("CLIENT", "ID"), dict(zip(hello[0::2], hello[1::2]))[b"id"]
+
+    got = h.run_threads(one, 60, h.scale(20), name="client")
+    ids = [x[1] for x in got]
+    for c, cid, hid in got:
+        expect(hid, cid, "HELLO's id and CLIENT ID of one client")
+        c.close()
+    dup = sorted(set(i for i in ids if ids.count(i) > 1))
+    assert not dup, "%d clients connected at once got only %d distinct CLIENT IDs " \
+        "(duplicates: %r...)" % (len(ids), len(set(ids)), dup[:10])
 
 
 @h.test("RESET after SELECT 3, SETNAME and MULTI: +RESET, then db 0, no name, no MULTI")

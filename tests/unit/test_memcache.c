@@ -765,25 +765,29 @@ START_TEST(too_large_value_answered_and_swallowed)
 	struct cfg_limits lim = limits_default();
 
 	lim.max_value_size = 10;
+	/* set and ms: the old item is deleted, as memcached deletes it, and
+	 * the delete's reply stands for "object too large" (MC_PF_EVICTED) */
 	CHECK_REQ_LIM("set k 0 0 11\r\n01234567890\r\nget k\r\n",
-	    "L:SERVER_ERROR object too large for cache\r\n|S13|"
-	    "F1:get:get k\r\n|", &lim);
+	    "F100:set:delete k\r\n|S13|F1:get:get k\r\n|", &lim);
 	/* swallowed unread: even a bad chunk end does not matter */
 	CHECK_REQ_LIM("set k 0 0 11\r\n0123456789xyz\r\n",
-	    "L:SERVER_ERROR object too large for cache\r\n|S13|L:ERROR\r\n|",
-	    &lim);
+	    "F100:set:delete k\r\n|S13|L:ERROR\r\n|", &lim);
 	CHECK_REQ_LIM("set k 0 0 11 noreply\r\n01234567890\r\nmn\r\n",
-	    "L:|S13|F0:mn:mn\r\n|", &lim);
+	    "F110:set:delete k\r\n|S13|F0:mn:mn\r\n|", &lim);
 	CHECK_REQ_LIM("set k 0 0 10\r\n0123456789\r\n",
 	    "F0:set:set k 0 0 10\r\n0123456789\r\n|", &lim);
 	CHECK_REQ_LIM("ms k 11 q T0\r\n01234567890\r\nmn\r\n",
-	    "L:SERVER_ERROR object too large for cache\r\n|S13|F0:mn:mn\r\n|",
-	    &lim);
+	    "F100:ms:md k\r\n|S13|F0:mn:mn\r\n|", &lim);
+	CHECK_REQ_LIM("ms a2V5 11 b\r\n01234567890\r\n",
+	    "F100:ms:md a2V5 b\r\n|S13|", &lim);
+	/* the others leave the old item alone, as memcached does */
+	CHECK_REQ_LIM("add k 0 0 11\r\n01234567890\r\n",
+	    "L:SERVER_ERROR object too large for cache\r\n|S13|", &lim);
 	/* the whole request must fit too */
 	lim = limits_default();
 	lim.max_request_size = 30;
 	CHECK_REQ_LIM("set k 0 0 15\r\n012345678901234\r\n",
-	    "L:SERVER_ERROR object too large for cache\r\n|S17|", &lim);
+	    "F100:set:delete k\r\n|S17|", &lim);
 	CHECK_REQ_LIM("set k 0 0 14\r\n01234567890123\r\n",
 	    "F0:set:set k 0 0 14\r\n01234567890123\r\n|", &lim);
 }
@@ -796,7 +800,7 @@ START_TEST(too_large_default_swallows_without_buffering)
 	size_t n, len = 3 * 1024 * 1024;
 	char *req = malloc(len + 64);
 	const char want[] =
-	    "L:SERVER_ERROR object too large for cache\r\n|S3145730|"
+	    "F100:set:delete k\r\n|S3145730|"
 	    "F1:get:get k\r\n|";
 
 	n = (size_t)sprintf(req, "set k 0 0 %zu\r\n", len);
