@@ -83,6 +83,29 @@ load_config(const char *path, bool to_log, char *msg, size_t msglen)
 	return cfg;
 }
 
+/*
+ * What the loader accepts but this version cannot run. The schema already
+ * takes several servers per upstream (for sharding, later); until then a
+ * second server would silently get no traffic, so it is refused instead.
+ */
+static bool
+config_runnable(const struct config *cfg, char *msg, size_t msglen)
+{
+	for (size_t i = 0; i < cfg->nupstreams; i++) {
+		const struct cfg_upstream *up = &cfg->upstreams[i];
+		if (up->nservers > 1) {
+			snprintf(msg, msglen, "%s:%d:%d: upstream '%s' lists %zu "
+			    "servers, but this version sends an upstream's "
+			    "traffic to one server (no sharding yet): list one "
+			    "server, or one upstream and listener per server",
+			    cfg->path, up->line, up->col, up->name,
+			    up->nservers);
+			return false;
+		}
+	}
+	return true;
+}
+
 static int
 write_pid_file(const char *path)
 {
@@ -179,7 +202,13 @@ reload(struct daemon *d, char *msg, size_t msglen)
 	}
 	notify_send("RELOADING=1\nSTATUS=reloading %s", d->config_path);
 	log_notice("reloading %s", d->config_path);
-	if ((cfg = load_config(d->config_path, true, msg, msglen)) == NULL) {
+	if ((cfg = load_config(d->config_path, true, msg, msglen)) != NULL &&
+	    !config_runnable(cfg, msg, msglen)) {
+		log_error("%s", msg);
+		config_free(cfg);
+		cfg = NULL;
+	}
+	if (cfg == NULL) {
 		log_error("reload failed: %s is not valid; still running the "
 		    "previous configuration", d->config_path);
 		notify_send("READY=1\nSTATUS=reload failed, running the "
@@ -494,6 +523,12 @@ main(int argc, char **argv)
 		return 2;
 	}
 	struct config *cfg = load_config(path, false, NULL, 0);
+	char why[512];
+	if (cfg != NULL && !config_runnable(cfg, why, sizeof(why))) {
+		fprintf(stderr, "%s\n", why);
+		config_free(cfg);
+		cfg = NULL;
+	}
 	if (cfg == NULL) {
 		fprintf(stderr, "sidepool: configuration file %s is not valid\n",
 		    path);

@@ -101,6 +101,16 @@ def test_valid():
     assert time.monotonic() - t0 < h.scale(5), "-t took %.1fs" % (time.monotonic() - t0)
 
 
+@h.test("-t refuses an upstream with two servers (no sharding yet), naming file:line:col")
+def test_two_servers_refused():
+    text = valid_config().replace("servers: [127.0.0.1:", "servers: [127.0.0.1:1, 127.0.0.1:")
+    r, path = h.run_sidepool(["-t", "-c", "{config}"], config_text=text)
+    assert r.returncode == 1, show(r)
+    line, col = pos(text, "redis:", 0)
+    assert "%s:%d:%d:" % (path, line, col) in r.stderr, show(r)
+    assert "2 servers" in r.stderr and "one server" in r.stderr, show(r)
+
+
 @h.test("-t does not bind the listeners (a port in use is not an error for -t)")
 def test_does_not_bind():
     busy = socket.socket()
