@@ -11,13 +11,11 @@ test checks the server's own view (CLIENT LIST, the keys of each database)
 as well as the replies, so a proxy that leaks state fails it.
 """
 
-import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -299,7 +297,8 @@ def select_in_aborted_transaction():
         expect(a.call("WATCH", "ab:k"), "OK", "WATCH")
         expect(other.call("SET", "ab:k", "x"), "OK", "a conflicting SET")
         got = a.pipeline([("MULTI",), ("SELECT", "5"), ("EXEC",), ("SET", "ab:w", "1")])
-        expect(got, ["OK", "QUEUED", None, "OK"], "WATCH / MULTI / SELECT 5 / EXEC (aborted) / SET")
+        expect(got, ["OK", "QUEUED", None, "OK"],
+               "WATCH / MULTI / SELECT 5 / EXEC (aborted) / SET")
         got = a.pipeline([("MULTI",), ("SELECT", "6"), ("SET", "ab:k"), ("EXEC",),
                           ("SET", "ab:e", "1")])
         expect(got[:2], ["OK", "QUEUED"], "MULTI / SELECT 6")
@@ -1059,7 +1058,8 @@ def refuse_subcommand():
     text = h.to_yaml(cfg).replace("@tcp", "127.0.0.1:%d" % h.free_port())
     res, _ = h.run_sidepool(["-t", "-c", "{config}"], config_text=text)
     if res.returncode != 0:
-        h.diag("refuse_commands: [config|set] is rejected: %s" % (res.stderr or res.stdout).strip())
+        h.diag("refuse_commands: [config|set] is rejected: %s" %
+               (res.stderr or res.stdout).strip())
         return
     sp = start(r, refuse_commands=["config|set"])
     with sp.client() as c:
