@@ -86,7 +86,7 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	 * client's request, sent when the connect completes. */
 	if (proto->handshake != NULL)
 		backend_queue_internal(b, proto->handshake(b->parser,
-		    p->upstream, b->out));
+		    p->upstream, b->out), true);
 	return b;
 fail:
 	if (b->in != NULL)
@@ -182,6 +182,7 @@ on_internal_done(struct request *req, struct evbuffer *src, size_t len,
 	struct backend *b = req->client;
 	struct pool *p = b->pool;
 	char line[128] = "";
+	bool vital = req->vital;
 
 	request_free(p->requests, req);
 	if (errmsg != NULL)
@@ -197,14 +198,18 @@ on_internal_done(struct request *req, struct evbuffer *src, size_t len,
 		char why[192];
 		snprintf(why, sizeof(why), "server refused sidepool's own "
 		    "command: %s", line);
-		backend_close(b, CLOSE_SETUP_FAILED, why);
+		/* A refused AUTH is the server's configuration against ours:
+		 * it is down for us. A refused SELECT (databases set higher
+		 * than the server's) is one client's request: its connection
+		 * goes, the server stays up. */
+		backend_close(b, vital ? CLOSE_SETUP_FAILED : CLOSE_REFUSED, why);
 	}
 }
 
 /* n commands are at the end of b->out, sidepool's own: their replies are
  * checked and dropped. */
 void
-backend_queue_internal(struct backend *b, unsigned n)
+backend_queue_internal(struct backend *b, unsigned n, bool vital)
 {
 	for (unsigned i = 0; i < n; i++) {
 		struct request *req = request_new(b->pool->requests);
@@ -214,6 +219,7 @@ backend_queue_internal(struct backend *b, unsigned n)
 		}
 		req->client = b;
 		req->internal = true;
+		req->vital = vital;
 		req->done = on_internal_done;
 		req->state = REQ_SENT;
 		req->backend = b;
@@ -355,6 +361,7 @@ judge_close(const struct backend *b, enum close_reason why)
 	case CLOSE_EVICTED:
 	case CLOSE_IDLE_TIMEOUT:
 	case CLOSE_MAX_LIFETIME:
+	case CLOSE_REFUSED:
 	case CLOSE_ABANDONED:
 	case CLOSE_RESET:
 	case CLOSE_SHUTDOWN:

@@ -79,7 +79,7 @@ void backend_probe(struct backend *b);
 void backend_send(struct backend *b, struct request *req,
     struct evbuffer *from, size_t len);
 void backend_send_raw(struct backend *b, struct evbuffer *from, size_t len);
-void backend_queue_internal(struct backend *b, unsigned n);
+void backend_queue_internal(struct backend *b, unsigned n, bool vital);
 void backend_start_stream(struct backend *b, struct request *req);
 void backend_end_stream(struct backend *b, struct request *req);
 void backend_set_owner(struct backend *b, void *owner,

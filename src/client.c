@@ -76,7 +76,8 @@ client_new(struct client_env *env, struct route *route,
 	c->listener = listener;
 	c->listener_count = listener_count;
 	c->fd = fd;
-	c->id = ++env->next_id;
+	/* Unique across workers: CLIENT ID and HELLO show it. */
+	c->id = (++env->next_id << 8) | env->worker_id;
 	c->state = CLIENT_OPEN;
 	c->created_ms = c->last_active_ms = clock_ms();
 	TAILQ_INIT(&c->reqs);
@@ -155,7 +156,7 @@ abandon_session(struct client *c)
 	int n = proto->abandon != NULL && c->stream == NULL ?
 	    proto->abandon(c->parser, b->out) : -1;
 	if (n > 0)
-		backend_queue_internal(b, (unsigned)n);
+		backend_queue_internal(b, (unsigned)n, false);
 	if (c->dedicated != NULL) /* backend_queue_internal may close it */
 		release_dedicated(c, n < 0);
 }
@@ -439,7 +440,7 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	/* What the connection must be told first (SELECT of our db). */
 	if (proto->prepare != NULL)
 		backend_queue_internal(b, proto->prepare(b->parser, c->parser,
-		    ri->pflags, b->out));
+		    ri->pflags, b->out), false);
 	if (b->state == BACKEND_CLOSED) {
 		evbuffer_drain(c->in, ri->len);
 		reply_error(c, ri->pflags, "connection lost");
@@ -567,10 +568,17 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 			break;
 		if (n == 0) {
 			/* A half-close ("send these, then EOF") still gets
-			 * every reply, as redis-server gives it. */
+			 * every reply, as redis-server gives it; but a client
+			 * gone in the middle of a session (blocked in BLPOP,
+			 * subscribed, in MULTI) is gone: its session is
+			 * abandoned now, not when the server answers. */
+			const struct proto *proto = c->route->proto;
 			env->stats->bytes_in += total;
 			process_input(c);
-			if (c->state == CLIENT_OPEN)
+			if (proto->session_active != NULL &&
+			    proto->session_active(c->parser))
+				client_close(c, "closed by client mid-session");
+			else if (c->state == CLIENT_OPEN)
 				client_drain(c);
 			return;
 		}

@@ -52,6 +52,7 @@ struct client_env {
 	struct event *flush_ev;       /* activated whenever dirty or dead gains one */
 	struct worker_stats *stats;
 	uint64_t next_id;
+	unsigned worker_id;           /* low byte of client ids */
 };
 
 struct client {

@@ -1483,6 +1483,7 @@ apply_databases(struct scope *sc, const char *key, yaml_node_t *v)
 	struct upstream_draft	*d = sc->obj;
 	int64_t			 n;
 
+	d->auth_node = d->auth_node ? d->auth_node : v;
 	if (get_int(sc, key, v, 1, 1000000, &n) == 0)
 		d->u->databases = (unsigned)n;
 }
@@ -1494,6 +1495,9 @@ apply_refuse(struct scope *sc, const char *key, yaml_node_t *v)
 	struct cfg_upstream	*u = ((struct upstream_draft *)sc->obj)->u;
 	yaml_node_item_t	*it;
 
+	((struct upstream_draft *)sc->obj)->auth_node =
+	    ((struct upstream_draft *)sc->obj)->auth_node ?
+	    ((struct upstream_draft *)sc->obj)->auth_node : v;
 	if (!require_type(sc, key, v, YAML_SEQUENCE_NODE,
 	    "a sequence of command names"))
 		return;
@@ -1584,8 +1588,9 @@ finish_upstream(struct loader *ld, struct upstream_draft *d)
 		    "idle connections beyond size are closed)",
 		    u->pool.min_idle, u->pool.size, d->where);
 	if (u->protocol != PROTO_REDIS && d->auth_node != NULL)
-		err_at(ld, d->auth_node->start_mark, "auth and client_auth%s "
-		    "apply to redis upstreams only (remove them)", d->where);
+		err_at(ld, d->auth_node->start_mark, "auth, client_auth, "
+		    "databases and refuse_commands%s apply to redis upstreams "
+		    "only (remove them)", d->where);
 	if (d->auth_node != NULL && u->auth_user != NULL &&
 	    u->auth_password == NULL)
 		err_at(ld, d->auth_node->start_mark, "auth%s has a user but no "

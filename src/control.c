@@ -31,7 +31,7 @@
 
 #define CTL_LINE_MAX 1024
 #define CTL_TIMEOUT_S 10
-#define TABLE_COLS 24
+#define TABLE_COLS 64
 
 struct ctl_conn;
 typedef void ctl_handler(struct ctl_conn *cc);
@@ -136,6 +136,8 @@ table_print(struct table *t, struct evbuffer *out)
 	size_t width[TABLE_COLS] = { 0 };
 	int cols = t->ncols;
 
+	if (cols <= 0 || cols > TABLE_COLS)
+		abort(); /* a table wider than TABLE_COLS is a bug here */
 	for (size_t i = 0; i < t->ncells; i++) {
 		size_t len = t->cells[i] ? strlen(t->cells[i]) : 0;
 		if (len > width[i % (size_t)cols])

@@ -25,6 +25,7 @@ const char *const close_reason_names[CLOSE_REASON_COUNT] = {
 	[CLOSE_PROBE_FAILED] = "probe_failed",
 	[CLOSE_MAX_LIFETIME] = "max_lifetime",
 	[CLOSE_SETUP_FAILED] = "setup_failed",
+	[CLOSE_REFUSED] = "command_refused",
 	[CLOSE_ABANDONED] = "abandoned",
 	[CLOSE_RESET] = "reset",
 	[CLOSE_SHUTDOWN] = "shutdown",

@@ -318,6 +318,9 @@ parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 			ri->len = st->off;
 			ri->push = st->p.push;
 			ri->busy_error = is_busy_error(&st->p);
+			if (pflags & RPF_EXECABORT)
+				ri->replace = "-EXECABORT Transaction discarded "
+				    "because of previous errors.\r\n";
 			return RV_REPLY;
 		}
 	}

@@ -263,6 +263,9 @@ session_reset(struct redis_session *s)
 	s->blocking = 0;
 	s->expect = 0;
 	s->multi_db = -1;
+	if (s->db_pending)
+		s->db = s->old_db;
+	s->db_pending = false;
 	clear_subscriptions(s);
 }
 
@@ -276,7 +279,7 @@ bool
 session_active(const struct redis_session *s)
 {
 	return s->in_multi || s->watching || s->monitor || s->blocking > 0 ||
-	    s->expect > 0 || subscribed(s);
+	    s->expect > 0 || s->db_pending || subscribed(s);
 }
 
 static bool
@@ -431,7 +434,9 @@ cmd_hello(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 			return PV_LOCAL;
 		}
 	}
-	if (ver < 2 || ver > 3) {
+	/* As redis-server: the version is checked before any AUTH, so a
+	 * refused HELLO 3 authenticates nobody. */
+	if (ver < 2 || ver > 3 || ver == 3) {
 		add_error(ri->reply, "-NOPROTO unsupported protocol version");
 		return PV_LOCAL;
 	}
@@ -442,13 +447,9 @@ cmd_hello(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 		s->authed = true;
 	if (auth_required(ri->upstream) && !s->authed) {
 		add_error(ri->reply, "-NOAUTH HELLO must be called with the client "
-		    "already authenticated, otherwise the HELLO <proto> AUTH "
-		    "<user> <pass> option can be used to authenticate the client "
-		    "and select the RESP protocol version at the same time");
-		return PV_LOCAL;
-	}
-	if (ver == 3) {
-		add_error(ri->reply, "-NOPROTO unsupported protocol version");
+		    "already authenticated, otherwise the HELLO AUTH <user> "
+		    "<pass> option can be used to authenticate the client and "
+		    "select the RESP protocol version at the same time");
 		return PV_LOCAL;
 	}
 	if (name != NULL && !set_name(s, name, namelen, ri->reply))
@@ -665,6 +666,7 @@ transaction(struct redis_session *s, enum cmd_kind k, struct reqinfo *ri)
 	ri->need = NEED_DEDICATED;
 	if (k == K_MULTI && !s->in_multi) {
 		s->in_multi = true;
+		s->multi_aborted = false;
 		ri->pflags |= RPF_MULTI;
 	} else if (k == K_WATCH && !s->in_multi) {
 		s->watching = true;
@@ -672,12 +674,23 @@ transaction(struct redis_session *s, enum cmd_kind k, struct reqinfo *ri)
 		s->in_multi = false;
 		s->watching = false;
 		ri->pflags |= RPF_TXN_END;
-		if (s->multi_db >= 0) {
-			ri->pflags |= RPF_TXN_SELECT;
-			if (k == K_EXEC)
-				s->db = s->multi_db;
-			s->multi_db = -1;
+		if (k == K_EXEC && s->multi_aborted) {
+			/* As redis does after a queue-time error: nothing of
+			 * the transaction runs. */
+			ri->pflags |= RPF_EXECABORT;
+		} else if (s->multi_db >= 0 && k == K_EXEC) {
+			/* The db moves if EXEC runs (not on a WATCH abort):
+			 * until its reply says, the client keeps this
+			 * connection and whatever db the server left it in. */
+			ri->pflags |= RPF_EXEC_SELECT;
+			s->exec_db = s->multi_db;
+			s->old_db = s->db;
+			s->db_pending = true;
 		}
+		if (s->multi_db >= 0)
+			ri->pflags |= RPF_TXN_SELECT;
+		s->multi_db = -1;
+		s->multi_aborted = false;
 	} else if (k == K_UNWATCH && !s->in_multi) {
 		s->watching = false;
 	}
@@ -714,12 +727,36 @@ asks_to_block(const struct args *a)
 	return false;
 }
 
+/* An entry is a command ("flushall") or a subcommand ("config|set"). */
 static bool
-refused_by_config(const struct cfg_upstream *up, const char *name, size_t len)
+refused_by_config(const struct cfg_upstream *up, const char *name, size_t len,
+    const struct args *a)
 {
-	for (size_t i = 0; i < up->nrefused; i++)
-		if (name_is(name, len, up->refused[i]))
+	for (size_t i = 0; i < up->nrefused; i++) {
+		const char *r = up->refused[i];
+		const char *bar = strchr(r, '|');
+		if (bar == NULL) {
+			if (name_is(name, len, r))
+				return true;
+			continue;
+		}
+		if ((size_t)(bar - r) == len && memcmp(r, name, len) == 0 &&
+		    a->argc > 1 && arg_is(a->v[1], a->len[1], bar + 1))
 			return true;
+	}
+	return false;
+}
+
+static bool
+refuses_subcommands(const struct cfg_upstream *up, const char *name,
+    size_t len)
+{
+	for (size_t i = 0; i < up->nrefused; i++) {
+		const char *bar = strchr(up->refused[i], '|');
+		if (bar != NULL && (size_t)(bar - up->refused[i]) == len &&
+		    memcmp(up->refused[i], name, len) == 0)
+			return true;
+	}
 	return false;
 }
 
@@ -750,11 +787,6 @@ answer_local(struct redis_session *s, enum cmd_kind k, const struct args *a,
 		evbuffer_add(ri->reply, "+OK\r\n", 5);
 		return PV_LOCAL_CLOSE;
 	case K_AUTH:
-		if (s->in_multi) {
-			add_error(ri->reply, "-ERR sidepool: AUTH inside MULTI is "
-			    "not supported");
-			return PV_LOCAL;
-		}
 		return cmd_auth(s, a, ri);
 	case K_HELLO:
 		return cmd_hello(s, a, ri);
@@ -780,7 +812,7 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 		return PV_LOCAL;
 	}
 	upper(name, len, upname, sizeof(upname));
-	if (refused_by_config(ri->upstream, name, len)) {
+	if (refused_by_config(ri->upstream, name, len, a)) {
 		add_error(ri->reply, "-ERR sidepool: %s is refused by this proxy's "
 		    "configuration (refuse_commands)", upname);
 		return PV_LOCAL;
@@ -789,6 +821,13 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 	 * RESET are ours; the server refuses what it does not allow there. */
 	if (streaming(s) && k != K_QUIT && k != K_RESET)
 		return stream_request(s, k, a, ri);
+	if (s->in_multi && (k == K_AUTH || k == K_HELLO || k == K_CLIENT)) {
+		/* Its answer is ours, the transaction's results the server's:
+		 * refused, and EXEC then aborts, as after any queue error. */
+		add_error(ri->reply, "-ERR sidepool: %s inside MULTI is not "
+		    "supported", upname);
+		return PV_LOCAL;
+	}
 	if (always_local(k))
 		return answer_local(s, k, a, ri);
 	if (policy == CMD_REFUSED) {
@@ -798,8 +837,11 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 	}
 	if (pubsub_of(k, &ck, &on) || k == K_MONITOR) {
 		if (s->in_multi) {
-			ri->need = NEED_DEDICATED;
-			return PV_FORWARD; /* the server refuses it in MULTI */
+			/* redis would subscribe at EXEC, leaving a stream on a
+			 * connection about to go back to the pool. */
+			add_error(ri->reply, "-ERR sidepool: %s inside MULTI is not "
+			    "supported", upname);
+			return PV_LOCAL;
 		}
 		return start_stream(s, k, a, ri);
 	}
@@ -836,9 +878,36 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 /* Commands whose arguments sidepool must see. Everything else is
  * forwarded without pulling the request up. */
 static bool
-needs_args(const struct command *cmd, enum cmd_kind k)
+needs_args(const struct command *cmd, enum cmd_kind k,
+    const struct cfg_upstream *up, const char *name, size_t len)
 {
-	return k != K_PLAIN || (cmd != NULL && (cmd->flags & CMDF_MAY_BLOCK));
+	return k != K_PLAIN || (cmd != NULL && (cmd->flags & CMDF_MAY_BLOCK)) ||
+	    (up->nrefused > 0 && refuses_subcommands(up, name, len));
+}
+
+/*
+ * After the decision: an error answered here inside MULTI aborts the
+ * transaction, as a queue-time error does in redis; an EXEC of an aborted
+ * transaction is sent as DISCARD (the server must drop what it queued) and
+ * answered EXECABORT.
+ */
+static enum proto_verdict
+finish_dispatch(struct redis_session *s, enum proto_verdict v,
+    struct evbuffer *in, struct reqinfo *ri)
+{
+	static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
+	char first;
+
+	if (v == PV_LOCAL && s->in_multi &&
+	    evbuffer_copyout(ri->reply, &first, 1) == 1 && first == '-')
+		s->multi_aborted = true;
+	if (v == PV_FORWARD && (ri->pflags & RPF_EXECABORT)) {
+		if (evbuffer_drain(in, ri->len) != 0 ||
+		    evbuffer_prepend(in, discard, sizeof(discard) - 1) != 0)
+			return PV_ERROR_CLOSE;
+		ri->len = sizeof(discard) - 1;
+	}
+	return v;
 }
 
 enum proto_verdict
@@ -860,8 +929,9 @@ session_dispatch(struct redis_session *s, const struct command *cmd,
 	    (s->authed || !auth_required(ri->upstream)) &&
 	    (cmd == NULL || !(cmd->flags & (CMDF_BLOCKING | CMDF_MAY_BLOCK))))
 		return PV_FORWARD;
-	if (!needs_args(cmd, k))
-		return dispatch(s, cmd, k, policy, name, namelen, &a, ri);
+	if (!needs_args(cmd, k, ri->upstream, name, namelen))
+		return finish_dispatch(s, dispatch(s, cmd, k, policy, name,
+		    namelen, &a, ri), in, ri);
 	if (!split_args(in, ri->len, &a)) {
 		free_args(&a);
 		add_error(ri->reply, "-ERR sidepool: out of memory");
@@ -869,7 +939,7 @@ session_dispatch(struct redis_session *s, const struct command *cmd,
 	}
 	v = dispatch(s, cmd, k, policy, name, namelen, &a, ri);
 	free_args(&a);
-	return v;
+	return finish_dispatch(s, v, in, ri);
 }
 
 /* ---- replies ------------------------------------------------------------- */
@@ -896,6 +966,17 @@ void
 session_reply_seen(struct redis_session *s, uint32_t pflags,
     struct evbuffer *in, size_t len)
 {
+	if (pflags & RPF_EXEC_SELECT) {
+		char head[3] = "";
+		/* An array of results: EXEC ran, SELECT with it. */
+		if (evbuffer_copyout(in, head, 3) >= 2 && head[0] == '*' &&
+		    head[1] != '-')
+			s->db = s->exec_db;
+		else
+			s->db = s->old_db;
+		s->db_pending = false;
+		return;
+	}
 	if (pflags & RPF_BLOCKING) {
 		if (s->blocking > 0)
 			s->blocking--;
@@ -915,7 +996,7 @@ session_prepare(struct redis_conn *conn, struct redis_session *s,
 	unsigned n = 0;
 	char db[16];
 
-	if (!conn->in_multi && conn->db != s->db) {
+	if (!conn->in_multi && !s->db_pending && conn->db != s->db) {
 		snprintf(db, sizeof(db), "%d", s->db);
 		add_command(out, 2, "SELECT", db);
 		conn->db = s->db;

@@ -27,6 +27,9 @@ enum {
 	RPF_MULTI = 1 << 1,     /* MULTI: the connection enters a transaction */
 	RPF_TXN_END = 1 << 2,   /* EXEC or DISCARD inside a transaction */
 	RPF_TXN_SELECT = 1 << 3,/* ... after a SELECT was queued in it */
+	RPF_EXEC_SELECT = 1 << 4,/* EXEC: its success moves the client's db */
+	RPF_EXECABORT = 1 << 5, /* EXEC of a transaction with a refused
+				   command: sent as DISCARD, answered EXECABORT */
 };
 
 /* The channels of one kind a client is subscribed to: UNSUBSCRIBE with no
@@ -39,6 +42,11 @@ struct chanset {
 struct redis_session {
 	int db;                 /* the client's database */
 	int multi_db;           /* a SELECT queued in MULTI: the db after EXEC */
+	int exec_db;            /* ... and at EXEC, until its reply says */
+	int old_db;             /* the db if EXEC does not run */
+	bool db_pending;        /* EXEC's reply will say which it is: until
+				   then the client's db is its connection's */
+	bool multi_aborted;     /* a command in MULTI was refused here */
 	bool authed;
 	bool in_multi;
 	bool watching;

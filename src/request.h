@@ -45,6 +45,8 @@ struct request {
 	enum request_state state;
 	bool no_timeout;            /* blocks by design (BLPOP): never timed out */
 	bool internal;              /* sidepool's own (probe, AUTH, SELECT) */
+	bool vital;                 /* ... whose refusal means the server is
+				       misconfigured for us (AUTH) */
 	bool stream;                /* takes every reply until ended (SUBSCRIBE) */
 };
 

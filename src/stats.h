@@ -24,7 +24,9 @@ enum close_reason {
 	CLOSE_REQUEST_TIMEOUT,
 	CLOSE_PROBE_FAILED,   /* an idle probe got no answer, or a wrong one */
 	CLOSE_MAX_LIFETIME,   /* retired after pool.max_lifetime */
-	CLOSE_SETUP_FAILED,   /* the server refused AUTH or SELECT */
+	CLOSE_SETUP_FAILED,   /* the server refused our AUTH: misconfigured */
+	CLOSE_REFUSED,        /* the server refused our SELECT, DISCARD...: the
+			         connection's state is unknown */
 	CLOSE_ABANDONED,      /* its client left mid-session (blocked, subscribed) */
 	CLOSE_RESET,          /* its client sent RESET */
 	CLOSE_SHUTDOWN,

@@ -596,6 +596,7 @@ worker_init(struct worker *w, unsigned id, struct generation *gen,
 	w->env.base = w->base;
 	w->env.flush_ev = flush;
 	w->env.stats = &w->stats;
+	w->env.worker_id = id & 0xff;
 	TAILQ_INIT(&w->env.clients);
 	w->backends.flush_ev = flush;
 	if ((w->current = new_wgen(w, gen)) == NULL) {
