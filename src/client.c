@@ -11,6 +11,7 @@
 #include "client.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,6 +205,8 @@ client_close(struct client *c, const char *why)
 	c->bound = NULL;
 	c->stored = 0;
 	release_backend(c);
+	pool_unwait(&c->waiter);
+	c->has_pending = false;
 	abandon_session(c);
 	if (c->route->proto->req_free != NULL)
 		c->route->proto->req_free(c->parser);
@@ -422,6 +425,40 @@ pick_backend(struct client *c, const struct reqinfo *ri, char *err,
 	return b;
 }
 
+static void
+on_pool_wake(struct pool_waiter *w, bool timed_out)
+{
+	struct client *c = (struct client *)((char *)w -
+	    offsetof(struct client, waiter));
+
+	c->retry_pending = true;
+	c->pending_timed_out = timed_out;
+	mark_dirty(c);
+}
+
+/*
+ * Every connection is held by a session and this request needs one of its
+ * own: it waits (reading stops, so order holds) until one frees or
+ * queue_timeout passes. The protocol's state already counts the request as
+ * sent, so it is retried as it is, never parsed again.
+ */
+static bool
+wait_for_connection(struct client *c, const struct reqinfo *ri)
+{
+	struct pool *pool = c->route->pools[0];
+
+	if (pool->down)
+		return false;
+	c->waiter.wake = on_pool_wake;
+	if (pool_wait(pool, &c->waiter, clock_ms()) == -1)
+		return false;
+	c->pending = *ri;
+	c->pending.reply = NULL;
+	c->has_pending = true;
+	set_reading(c, false);
+	return true;
+}
+
 /* Send the request at the head of c->in (ri->len bytes) to a server. */
 static void
 forward_request(struct client *c, const struct reqinfo *ri)
@@ -430,6 +467,8 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	char err[256];
 	struct backend *b = pick_backend(c, ri, err, sizeof(err));
 
+	if (b == NULL && wait_for_connection(c, ri))
+		return;
 	if (b == NULL) {
 		evbuffer_drain(c->in, ri->len);
 		if (ri->need != NEED_SHARED && proto->session_reset != NULL)
@@ -522,6 +561,8 @@ process_input(struct client *c)
 		case PV_FORWARD:
 			c->env->stats->requests++;
 			forward_request(c, &ri);
+			if (c->has_pending)
+				return; /* it waits at the head of c->in */
 			break;
 		case PV_WAIT:
 			/* It needs another connection than the one its
@@ -594,9 +635,40 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 
 /* Write what is owed. Afterwards: close a draining client that is done,
  * or resume a paused one whose backlog has shrunk. */
+/* Woken from the pool's wait queue: the request waiting at the head of
+ * c->in goes now, or gets its error. */
+static void
+retry_pending(struct client *c)
+{
+	struct reqinfo ri = c->pending;
+	struct pool *pool = c->route->pools[0];
+
+	c->retry_pending = false;
+	c->has_pending = false;
+	if (!c->pending_timed_out) {
+		forward_request(c, &ri);
+		if (c->has_pending)
+			return; /* lost the race: waiting again */
+		c->waiter.since_ms = 0;
+		return;
+	}
+	c->waiter.since_ms = 0;
+	evbuffer_drain(c->in, ri.len);
+	if (c->route->proto->session_reset != NULL)
+		c->route->proto->session_reset(c->parser);
+	char err[256];
+	snprintf(err, sizeof(err), "pool exhausted: no connection to %s came "
+	    "free within queue_timeout (%llu ms); all %u are held by sessions "
+	    "(raise max_connections)", pool->server->addr.text,
+	    (unsigned long long)pool->queue_timeout_ms, pool->max_connections);
+	reply_error(c, ri.pflags, err);
+}
+
 static void
 flush_client(struct client *c)
 {
+	if (c->retry_pending && c->state == CLIENT_OPEN)
+		retry_pending(c);
 	while (evbuffer_get_length(c->out) > 0) {
 		int n = evbuffer_write(c->out, c->fd);
 		if (n > 0) {
@@ -622,7 +694,7 @@ flush_client(struct client *c)
 		return;
 	}
 	if (c->state == CLIENT_OPEN && !c->reading && !c->wait_switch &&
-	    !over_limits(c)) {
+	    !c->has_pending && !over_limits(c)) {
 		set_reading(c, true);
 		process_input(c);
 	}

@@ -77,6 +77,11 @@ struct client {
 	struct backend *dedicated;    /* its own connection, for a session */
 	struct request *stream;       /* on dedicated: takes every reply */
 	struct backend *paused;       /* whose reads wait for us to catch up */
+	struct pool_waiter waiter;    /* queued for a connection of its own */
+	struct reqinfo pending;       /* ... for this request, still in c->in */
+	bool has_pending;
+	bool retry_pending;           /* woken: try again at the end of event */
+	bool pending_timed_out;
 	size_t stored;                /* bytes of replies kept out of turn */
 	struct client *dirty_next;
 	struct client *dead_next;

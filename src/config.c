@@ -1215,7 +1215,28 @@ apply_pool_depth(struct scope *sc, const char *key, yaml_node_t *v)
 		d->u->pool.pipeline_depth = (unsigned)n;
 }
 
+static void
+apply_pool_queue_size(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+	int64_t			 n;
+
+	if (get_int(sc, key, v, 0, 1000000, &n) == 0)
+		d->u->pool.queue_size = (unsigned)n;
+}
+
+static void
+apply_pool_queue_timeout(struct scope *sc, const char *key, yaml_node_t *v)
+{
+	struct upstream_draft	*d = sc->obj;
+
+	get_duration(sc, key, v, 0, MS_HOUR, "0..1h",
+	    &d->u->pool.queue_timeout_ms);
+}
+
 static const struct key_rule pool_rules[] = {
+	{ "queue_size", apply_pool_queue_size },
+	{ "queue_timeout", apply_pool_queue_timeout },
 	{ "size", apply_pool_size },
 	{ "max_connections", apply_pool_max },
 	{ "idle_timeout", apply_pool_idle },
@@ -1633,7 +1654,8 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	u->col = (int)k->start_mark.column + 1;
 	u->pool = (struct cfg_pool){ .size = 8, .max_connections = 32,
 	    .idle_timeout_ms = 60 * MS_SECOND,
-	    .probe_interval_ms = 10 * MS_SECOND, .pipeline_depth = 128 };
+	    .probe_interval_ms = 10 * MS_SECOND, .pipeline_depth = 128,
+	    .queue_size = 1024, .queue_timeout_ms = 2 * MS_SECOND };
 	u->connect_timeout_ms = MS_SECOND;
 	u->request_timeout_ms = 5 * MS_SECOND;
 	u->failure_limit = 3;

@@ -38,6 +38,8 @@ struct cfg_pool {
 	uint64_t max_lifetime_ms; /* retire connections this old; 0 = never */
 	uint64_t probe_interval_ms; /* probe connections idle this long; 0 = never */
 	unsigned pipeline_depth;  /* requests in flight before another connection */
+	unsigned queue_size;      /* sessions waiting for a connection, per pool */
+	uint64_t queue_timeout_ms; /* how long one may wait */
 };
 
 /* Bounds on what a client may send. 0 in the file means "protocol default". */

@@ -65,6 +65,8 @@ pool_configure(struct pool *p, const struct cfg_upstream *up,
 	p->connect_timeout_ms = up->connect_timeout_ms;
 	p->request_timeout_ms = up->request_timeout_ms;
 	p->failure_limit = up->failure_limit > 0 ? up->failure_limit : 1;
+	p->queue_size = up->pool.queue_size;
+	p->queue_timeout_ms = up->pool.queue_timeout_ms;
 	p->retry_interval_ms = up->retry_interval_ms > 0 ?
 	    up->retry_interval_ms : 250;
 	p->retry_max_interval_ms = up->retry_max_interval_ms >
@@ -81,6 +83,7 @@ pool_init(struct pool *p, const struct cfg_upstream *up,
 	p->ops = ops;
 	pool_configure(p, up, server);
 	p->rng = seed | 1;
+	TAILQ_INIT(&p->waiters);
 	for (int s = 0; s < BACKEND_CLOSED; s++) {
 		TAILQ_INIT(&p->lists[s]);
 		p->count[s] = 0;
@@ -139,6 +142,63 @@ insert_idle(struct pool *p, struct backend *b)
 		TAILQ_INSERT_TAIL(&p->lists[BACKEND_IDLE], b, pool_link);
 }
 
+/* A connection may be had: the longest waiting client tries again (it
+ * runs later, at the end of the event; if it loses the race it waits again,
+ * at the head of the queue). */
+static void
+wake_waiter(struct pool *p)
+{
+	struct pool_waiter *w = TAILQ_FIRST(&p->waiters);
+
+	if (w == NULL)
+		return;
+	pool_unwait(w);
+	w->wake(w, false);
+}
+
+int
+pool_wait(struct pool *p, struct pool_waiter *w, uint64_t now)
+{
+	if (w->pool != NULL)
+		abort(); /* waiting twice would corrupt the queue */
+	if (p->nwaiters >= p->queue_size || p->queue_timeout_ms == 0)
+		return -1;
+	if (w->since_ms == 0)
+		w->since_ms = now;
+	w->pool = p;
+	/* a client woken that lost the race keeps its place */
+	if (now > w->since_ms)
+		TAILQ_INSERT_HEAD(&p->waiters, w, link);
+	else
+		TAILQ_INSERT_TAIL(&p->waiters, w, link);
+	p->nwaiters++;
+	p->stats.queued++;
+	return 0;
+}
+
+void
+pool_unwait(struct pool_waiter *w)
+{
+	if (w->pool == NULL)
+		return;
+	TAILQ_REMOVE(&w->pool->waiters, w, link);
+	w->pool->nwaiters--;
+	w->pool = NULL;
+}
+
+static void
+expire_waiters(struct pool *p, uint64_t now)
+{
+	struct pool_waiter *w;
+
+	while ((w = TAILQ_FIRST(&p->waiters)) != NULL &&
+	    now - w->since_ms >= p->queue_timeout_ms) {
+		pool_unwait(w);
+		p->stats.exhausted++;
+		w->wake(w, true);
+	}
+}
+
 /*
  * The one place a connection changes state. Every state but closed is a
  * list, so counts, timeouts and the stats fall out of list membership.
@@ -159,8 +219,10 @@ pool_set_state(struct backend *b, enum backend_state s, uint64_t now)
 	b->since_ms = now;
 	log_debug("backend %s#%llu: %s -> %s", p->server->addr.text,
 	    (unsigned long long)b->id, state_names[from], state_names[s]);
-	if (s == BACKEND_CLOSED)
+	if (s == BACKEND_CLOSED) {
+		wake_waiter(p); /* one more may be opened */
 		return;
+	}
 	p->count[s]++;
 	if (s != BACKEND_IDLE) {
 		TAILQ_INSERT_TAIL(&p->lists[s], b, pool_link);
@@ -169,6 +231,7 @@ pool_set_state(struct backend *b, enum backend_state s, uint64_t now)
 	if (from != BACKEND_PROBING)
 		b->used_ms = now; /* a probe is not a use: keep the LRU order */
 	insert_idle(p, b);
+	wake_waiter(p);
 	evict_idle(p);
 }
 
@@ -281,10 +344,10 @@ pool_acquire_dedicated(struct pool *p, uint64_t now, char *err, size_t errlen)
 	}
 	if (pool_total(p) < p->max_connections)
 		return p->ops->open(p, err, errlen); /* dedicated once up */
-	p->stats.exhausted++;
 	snprintf(err, errlen, "pool exhausted: all %u connections to %s are "
 	    "in use and a session needs one of its own (raise "
-	    "max_connections)", p->max_connections, p->server->addr.text);
+	    "max_connections or queue_timeout)", p->max_connections,
+	    p->server->addr.text);
 	return NULL;
 }
 
@@ -473,6 +536,7 @@ warm_up(struct pool *p)
 void
 pool_tick(struct pool *p, uint64_t now)
 {
+	expire_waiters(p, now);
 	expire_busy(p, now);
 	expire_idle(p, now);
 	if (p->down) {

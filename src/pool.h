@@ -31,6 +31,17 @@
 
 struct pool;
 
+/* A client waiting for a connection of its own (all max_connections are
+ * held): woken when one may be had, or when queue_timeout has passed. */
+struct pool_waiter {
+	TAILQ_ENTRY(pool_waiter) link;
+	struct pool *pool;          /* NULL when not waiting */
+	uint64_t since_ms;
+	void (*wake)(struct pool_waiter *w, bool timed_out);
+};
+
+TAILQ_HEAD(waiter_list, pool_waiter);
+
 /* How a pool opens, probes and closes connections: backend.c for the
  * daemon, a fake in unit tests. open adds the connection with pool_add(). */
 struct pool_ops {
@@ -64,11 +75,15 @@ struct pool {
 	uint64_t connect_timeout_ms;
 	uint64_t request_timeout_ms;
 	unsigned failure_limit;
+	unsigned queue_size;
+	uint64_t queue_timeout_ms;
 	uint64_t retry_interval_ms;
 	uint64_t retry_max_interval_ms;
 
 	struct backend_list lists[BACKEND_CLOSED];
 	unsigned count[BACKEND_CLOSED];
+	struct waiter_list waiters;      /* oldest first */
+	unsigned nwaiters;
 	uint64_t next_id;
 	uint64_t rng;                    /* xorshift state for jitter */
 	struct pool_stats stats;
@@ -93,6 +108,8 @@ struct backend *pool_acquire(struct pool *p, uint64_t now, char *err,
 struct backend *pool_acquire_dedicated(struct pool *p, uint64_t now,
     char *err, size_t errlen);
 void pool_release_dedicated(struct backend *b, uint64_t now);
+int pool_wait(struct pool *p, struct pool_waiter *w, uint64_t now);
+void pool_unwait(struct pool_waiter *w);
 void pool_add(struct pool *p, struct backend *b, enum backend_state s,
     uint64_t now);
 void pool_set_state(struct backend *b, enum backend_state s, uint64_t now);

@@ -48,6 +48,7 @@ struct pool_stats {
 	uint64_t marked_down;   /* times the server was marked down */
 	uint64_t fast_failures; /* requests refused at once: server down */
 	uint64_t exhausted;     /* sessions refused: no connection to dedicate */
+	uint64_t queued;        /* sessions that had to wait for one */
 	uint64_t sessions;      /* connections dedicated to a client's session */
 	uint64_t replies;
 	uint64_t bytes_sent;    /* to the server */
