@@ -934,5 +934,33 @@ def slow_reader():
     assert not problems, "; ".join(problems)
 
 
+@h.test("client idle_timeout 300ms: an idle client is closed, a busy one (request at a "
+        "stopped server) is not, an active one keeps being served")
+def client_idle_timeout():
+    r = h.RedisServer()
+    sp = start([r], listener_extra={"idle_timeout": "300ms"},
+               request_timeout="10s")
+    idle = sp.client(timeout=5)
+    assert idle.call("PING") == "PONG"
+    busy = sp.client(timeout=5)
+    assert busy.call("SET", "it:k", "1") == "OK"
+    r.pause()
+    try:
+        busy.send(h.encode("GET", "it:k"))
+        t0 = time.monotonic()
+        h.poll_until(lambda: idle.is_closed(0.05), h.scale(3),
+                     what="the idle client to be closed")
+        dt = time.monotonic() - t0
+        assert dt < h.scale(1.5), "idle client closed after %.2fs" % dt
+    finally:
+        r.resume()
+    assert busy.read_reply() == b"1", "the busy client lost its reply"
+    active = sp.client(timeout=5)
+    for _ in range(8):  # 8 x 100 ms of activity: past the timeout in total
+        assert active.call("PING") == "PONG"
+        time.sleep(0.1)  # activity spread over time is the point here
+    assert active.call("GET", "it:k") == b"1"
+
+
 if __name__ == "__main__":
     h.run()
