@@ -313,6 +313,10 @@ close_everything(struct worker *w)
 		client_close(c, "shutting down");
 	TAILQ_FOREACH(p, &w->pools, link)
 		pool_close_all(p, CLOSE_SHUTDOWN);
+	/* Off the to-flush lists before anything is freed: all are closed,
+	 * so nothing is written, the lists are only emptied. */
+	backend_flush_all(&w->backends);
+	client_flush_all(&w->env);
 	client_reap(&w->env);
 	backend_reap(&w->backends);
 }

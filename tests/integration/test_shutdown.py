@@ -242,5 +242,26 @@ def shutdown_timeout_bounds_exit():
     r.resume()
 
 
+@h.test("shutdown timeout with a client mid-transaction (its connection owed a DISCARD) "
+        "and one waiting at a stopped redis: everything closes cleanly, exit 0", timeout=30)
+def shutdown_timeout_mid_session():
+    r = h.RedisServer()
+    sp = start(r, shutdown_timeout=1, request_timeout="30s")
+    tx = sp.client(0, timeout=10)
+    assert tx.call("MULTI") == "OK"
+    assert tx.call("SET", "sd:k", "1") == "QUEUED"
+    waiting = sp.client(0, timeout=10)
+    assert waiting.call("SET", "sd:w", "1") == "OK"
+    r.pause()
+    waiting.send(h.encode("GET", "sd:w"))
+    h.poll_until(lambda: h.tcp_recv_queue(r.port) > 0, h.scale(5),
+                 what="the GET to reach the stopped redis")
+    sp.send_signal(signal.SIGTERM)
+    code = sp.wait_exit(1 + 3)
+    r.resume()
+    assert code == 0, "exit code %r after the shutdown timeout" % (code,)
+    assert_clean_log(sp)
+
+
 if __name__ == "__main__":
     h.run()
