@@ -75,6 +75,7 @@ struct control {
 	struct event *accept_ev;
 	int metrics_fd;             /* -1: no metrics endpoint */
 	struct event *metrics_ev;
+	struct event *resume_ev;    /* accepts paused after EMFILE */
 	TAILQ_HEAD(, ctl_conn) conns;
 };
 
@@ -986,14 +987,39 @@ on_conn_read(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
+on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct control *ctl = arg;
+
+	if (ctl->accept_ev != NULL)
+		event_add(ctl->accept_ev, NULL);
+	if (ctl->metrics_ev != NULL)
+		event_add(ctl->metrics_ev, NULL);
+}
+
+static void
 on_accept(evutil_socket_t lfd, short what, void *arg)
 {
 	struct control *ctl = arg;
 	struct timeval tv = { CTL_TIMEOUT_S, 0 };
 	int fd;
 
-	if (net_accept(lfd, &fd) == -1)
+	if (net_accept(lfd, &fd) == -1) {
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+		    errno == ENOMEM) {
+			/* Out of descriptors: pause instead of spinning on a
+			 * socket that stays readable. */
+			struct timeval pause = { 0, 100 * 1000 };
+			log_warn("control: cannot accept: %s (raise the open "
+			    "files limit, LimitNOFILE=)", strerror(errno));
+			if (ctl->accept_ev != NULL)
+				event_del(ctl->accept_ev);
+			if (ctl->metrics_ev != NULL)
+				event_del(ctl->metrics_ev);
+			event_add(ctl->resume_ev, &pause);
+		}
 		return;
+	}
 	struct ctl_conn *cc = calloc(1, sizeof(*cc));
 	if (cc == NULL) {
 		close(fd);
@@ -1097,6 +1123,11 @@ control_open(const struct config *cfg, struct event_base *base,
 	ctl->workers = workers;
 	ctl->nworkers = nworkers;
 	TAILQ_INIT(&ctl->conns);
+	if ((ctl->resume_ev = evtimer_new(base, on_accept_resume, ctl)) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(ctl);
+		return NULL;
+	}
 	if ((cfg->control_path != NULL && open_control(ctl, err, errlen) == -1) ||
 	    (cfg->has_metrics && open_metrics(ctl, err, errlen) == -1)) {
 		control_close(ctl);
@@ -1119,6 +1150,8 @@ control_close(struct control *ctl)
 		event_free(ctl->accept_ev);
 	if (ctl->metrics_ev != NULL)
 		event_free(ctl->metrics_ev);
+	if (ctl->resume_ev != NULL)
+		event_free(ctl->resume_ev);
 	if (ctl->metrics_fd != -1)
 		close(ctl->metrics_fd);
 	if (ctl->fd != -1) {
