@@ -79,6 +79,7 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	/* Writable means the connect finished, one way or the other. */
 	event_add(&b->wev, NULL);
 	b->write_armed = true;
+	b->queues = p->queues;
 	pool_add(p, b, BACKEND_CONNECTING, clock_ms());
 	log_debug("backend %s#%llu: connecting", p->server->addr.text,
 	    (unsigned long long)b->id);
@@ -281,8 +282,17 @@ backend_pause(struct backend *b)
 void
 backend_resume(struct backend *b)
 {
-	if (b->paused == 0 || --b->paused > 0 || b->state == BACKEND_CLOSED)
+	if (b->paused == 0 || --b->paused > 0)
 		return;
+	if (b->state == BACKEND_CLOSED) {
+		if (b->zombie) { /* the last client that held it lets go */
+			b->zombie = false;
+			b->dead_next = b->queues->dead;
+			b->queues->dead = b;
+			event_active(b->queues->flush_ev, EV_TIMEOUT, 0);
+		}
+		return;
+	}
 	event_add(&b->rev, NULL);
 	b->resume_parse = true; /* replies read before the pause */
 	mark_dirty(b);
@@ -508,6 +518,12 @@ backend_reap(struct backend_queues *q)
 	while ((b = q->dead) != NULL) {
 		q->dead = b->dead_next;
 		assert(!b->dirty); /* the worker flushes before it reaps */
+		if (b->paused > 0) {
+			/* A slow client still holds it paused and will resume
+			 * it: freed then, not now. */
+			b->zombie = true;
+			continue;
+		}
 		evbuffer_free(b->in);
 		evbuffer_free(b->out);
 		free(b);

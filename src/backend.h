@@ -53,6 +53,9 @@ struct backend {
 	bool write_armed;
 	bool probe_queued;          /* a probe is in flight (or queued) */
 	unsigned paused;            /* slow clients holding reads stopped */
+	bool zombie;                /* closed while paused: freed on the last
+				       resume (a client still points at it) */
+	struct backend_queues *queues; /* the worker's, outlives any pool */
 	bool resume_parse;          /* parse what was read while paused */
 	/* The client that holds it as its own (BACKEND_DEDICATED, or
 	 * connecting for it), told if the connection is lost. */

@@ -154,9 +154,18 @@ drive(struct run *r)
 			rep = (const char *)evbuffer_pullup(r->in,
 			    (ev_ssize_t)ri.len);
 			check_reply(rep, ri.len, pf, ri.drop);
+			/* an evicted set is answered "object too large" */
+			CHECK((ri.replace != NULL) ==
+			    ((pf & MC_PF_EVICTED) && !ri.drop));
+			if (ri.replace != NULL) {
+				size_t n = strlen(ri.replace);
+
+				CHECK(n >= 2 && ri.replace[n - 2] == '\r' &&
+				    ri.replace[n - 1] == '\n');
+			}
 			r->last = evbuffer_get_length(r->log);
-			evbuffer_add_printf(r->log, "R%zu%s|", ri.len,
-			    ri.drop ? "d" : "");
+			evbuffer_add_printf(r->log, "R%zu%s%s|", ri.len,
+			    ri.drop ? "d" : "", ri.replace ? "r" : "");
 			evbuffer_drain(r->in, ri.len);
 			r->next++;
 			break;
@@ -249,9 +258,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 1 + NPFLAGS)
 		return 0;
-	/* the four shapes that exist (0..3), with any of the drop bits */
+	/* the four shapes that exist (0..3), any of the drop bits, and bit 2
+	 * for MC_PF_EVICTED */
 	for (i = 0; i < NPFLAGS; i++)
-		pflags[i] = data[1 + i] & 0xf3u;
+		pflags[i] = (data[1 + i] & 0xf3u) |
+		    (data[1 + i] & 0x04u ? MC_PF_EVICTED : 0);
 	s = (const char *)data + 1 + NPFLAGS;
 	len = size - 1 - NPFLAGS;
 

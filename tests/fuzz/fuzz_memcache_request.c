@@ -159,9 +159,26 @@ log_bytes(struct run *r, const char *tag, struct evbuffer *b)
 	evbuffer_add(r->log, "|", 1);
 }
 
-/* A forwarded request, on its own: one request, which wants a reply. */
+/* Does the first line of b end in "\r\n" (else a bare "\n", or none)? */
+static bool
+line_ends_crlf(struct evbuffer *b)
+{
+	struct evbuffer_ptr nl = evbuffer_search(b, "\n", 1, NULL), p;
+	char c;
+
+	if (nl.pos <= 0)
+		return false;
+	evbuffer_ptr_set(b, &p, (size_t)nl.pos - 1, EVBUFFER_PTR_SET);
+	return evbuffer_copyout_from(b, &p, &c, 1) == 1 && c == '\r';
+}
+
+/*
+ * A forwarded request, on its own: one request, which wants a reply.
+ * crlf: whether the client's command line ended in "\r\n".
+ */
 static void
-check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags)
+check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags,
+    bool crlf)
 {
 	size_t len = evbuffer_get_length(fwd);
 	struct evbuffer *in = evbuffer_new(), *reply = evbuffer_new();
@@ -172,9 +189,17 @@ check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags)
 	CHECK(in != NULL && reply != NULL && st != NULL);
 	CHECK((pflags & MC_PF_SHAPE_MASK) <= MC_SHAPE_STATS);
 	CHECK((pflags & ~(MC_PF_SHAPE_MASK | MC_PF_NOREPLY | MC_PF_DROP_EN |
-	    MC_PF_DROP_HD | MC_PF_DROP_VA)) == 0);
+	    MC_PF_DROP_HD | MC_PF_DROP_VA | MC_PF_EVICTED)) == 0);
 	/* a data block need not end in "\r\n" (the server says so) */
 	CHECK(len > 0);
+	/*
+	 * K7: "delete a\r noreply\n" goes out as "delete a\r\n": the key's
+	 * last byte became the line's "\r", and the server sees key "a".
+	 */
+	if (!crlf && line_ends_crlf(fwd)) {
+		KNOWN(K7, 0);
+		goto out;
+	}
 	evbuffer_add(in, bytes, len);
 	P->req_init(st);
 	CHECK(P->parse_request(st, in, r->lim, &ri) == PV_FORWARD);
@@ -183,7 +208,8 @@ check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags)
 	/* what the server gets never asks it to keep quiet */
 	CHECK((ri.pflags & MC_PF_SHAPE_MASK) == (pflags & MC_PF_SHAPE_MASK));
 	CHECK((ri.pflags & (MC_PF_NOREPLY | MC_PF_DROP_EN | MC_PF_DROP_HD |
-	    MC_PF_DROP_VA)) == 0);
+	    MC_PF_DROP_VA | MC_PF_EVICTED)) == 0);
+out:
 	evbuffer_free(in);
 	evbuffer_free(reply);
 	free(st);
@@ -196,8 +222,10 @@ drive(struct run *r)
 		struct reqinfo ri = { .reply = r->scratch };
 		enum proto_verdict v;
 		char tag[64];
+		bool crlf;
 
 		CHECK(evbuffer_get_length(r->scratch) == 0);
+		crlf = line_ends_crlf(r->in);
 		v = P->parse_request(r->state, r->in, r->lim, &ri);
 		switch (v) {
 		case PV_NEED_MORE:
@@ -221,7 +249,7 @@ drive(struct run *r)
 			CHECK(ri.name != NULL);
 			CHECK(evbuffer_remove_buffer(r->in, fwd, ri.len) ==
 			    (int)ri.len);
-			check_forwarded(r, fwd, ri.pflags);
+			check_forwarded(r, fwd, ri.pflags, crlf);
 			snprintf(tag, sizeof(tag), "F%x:%s:", ri.pflags,
 			    ri.name);
 			log_bytes(r, tag, fwd);
@@ -459,6 +487,21 @@ check_line(const char *line, size_t len, const struct cfg_limits *lim)
 	}
 	case MC_ACT_QUIT:
 		break;
+	case MC_ACT_EVICT: {
+		/* a value too large for set/ms: "delete <key>" or "md <key>"
+		 * goes out instead, the data block is dropped */
+		size_t n = strnlen(plan.evict, sizeof(plan.evict));
+
+		CHECK(n < sizeof(plan.evict));
+		CHECK(n >= 4 && plan.evict[n - 2] == '\r' &&
+		    plan.evict[n - 1] == '\n');
+		CHECK(memchr(plan.evict, '\n', n - 1) == NULL);
+		CHECK(strncmp(plan.evict, "delete ", 7) == 0 ||
+		    strncmp(plan.evict, "md ", 3) == 0);
+		CHECK(plan.pflags & MC_PF_EVICTED);
+		CHECK(plan.data_len >= 2);
+		break;
+	}
 	default:
 		CHECK(0);
 	}
