@@ -310,13 +310,20 @@ mc_forward(struct mc_plan *plan, const struct mc_cmdline *cl, uint32_t pflags)
 		plan->pflags |= MC_PF_NOREPLY;
 }
 
-/* Forward without token i (noreply, q): drop it and the spaces before it. */
+/*
+ * Forward without token i (noreply, q): drop it and the spaces before it.
+ * One space stays when the token before ends in '\r': memcached drops a
+ * '\r' only right before the '\n', so without the space "delete a\r
+ * noreply\n" would reach it as "delete a\r\n", another key.
+ */
 static void
 mc_strip_token(struct mc_plan *plan, const struct mc_cmdline *cl, size_t i)
 {
 	const struct mc_token *prev = &cl->tok[i - 1], *t = &cl->tok[i];
 
 	plan->strip_from = (size_t)(prev->p + prev->len - cl->line);
+	if (prev->p[prev->len - 1] == '\r')
+		plan->strip_from++;
 	plan->strip_to = (size_t)(t->p + t->len - cl->line);
 }
 

@@ -82,15 +82,30 @@ kind_of(const struct command *cmd)
 static void add_error(struct evbuffer *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/*
+ * Some errors echo the client's argument: CR and LF in it become spaces
+ * (as redis-server does) so that one request still gets one reply line.
+ */
 static void
 add_error(struct evbuffer *out, const char *fmt, ...)
 {
 	va_list ap;
+	char *s;
+	int n;
 
 	va_start(ap, fmt);
-	evbuffer_add_vprintf(out, fmt, ap);
+	n = vasprintf(&s, fmt, ap);
 	va_end(ap);
+	if (n < 0) {
+		evbuffer_add_printf(out, "-ERR sidepool: out of memory\r\n");
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		if (s[i] == '\r' || s[i] == '\n')
+			s[i] = ' ';
+	evbuffer_add(out, s, (size_t)n);
 	evbuffer_add(out, "\r\n", 2);
+	free(s);
 }
 
 static void

@@ -672,6 +672,14 @@ START_TEST(storage_noreply_stripped_and_reply_dropped)
 }
 END_TEST
 
+/* A key may end in '\r' when the line ends in a bare '\n': stripping
+ * noreply must not turn that '\r' into the line's end (fuzzer K7). */
+START_TEST(noreply_strip_keeps_key_ending_in_cr)
+{
+	CHECK_REQ("delete a\r noreply\n", "F10:delete:delete a\r \n|");
+}
+END_TEST
+
 START_TEST(storage_wrong_token_count_is_error)
 {
 	/* ERROR comes before noreply is looked at: never suppressed */
@@ -1709,6 +1717,7 @@ memcache_suite(void)
 	tcase_add_test(storage, storage_commands_forwarded_with_their_data);
 	tcase_add_test(storage, data_is_binary_safe_by_length);
 	tcase_add_test(storage, storage_noreply_stripped_and_reply_dropped);
+	tcase_add_test(storage, noreply_strip_keeps_key_ending_in_cr);
 	tcase_add_test(storage, storage_wrong_token_count_is_error);
 	tcase_add_test(storage,
 	    storage_bad_numbers_answered_and_data_read_as_command);
