@@ -394,13 +394,25 @@ static void
 on_dedicated_lost(void *arg)
 {
 	struct client *c = arg;
+	const struct proto *proto = c->route->proto;
+	bool binding;
 
+	binding = proto->session_binding != NULL &&
+	    proto->session_binding(c->parser);
 	if (c->bound == c->dedicated)
 		c->bound = NULL;
 	c->dedicated = NULL;
 	c->stream = NULL;
-	if (c->route->proto->session_reset != NULL)
-		c->route->proto->session_reset(c->parser);
+	if (proto->session_reset != NULL)
+		proto->session_reset(c->parser);
+	/*
+	 * Carrying on would run the client's next "queued" commands at once,
+	 * outside any transaction, or let EXEC succeed after a WATCH that no
+	 * longer watches: the client gets the replies already owed (the
+	 * in-flight ones are errors) and then its connection is closed.
+	 */
+	if (binding)
+		client_drain(c);
 }
 
 /* The connection a request goes to: the client's own if it has one (or

@@ -118,7 +118,10 @@ struct proto {
 	 * Sessions: all optional (NULL for a protocol without them).
 	 * req_free releases what the client's state holds. session_active
 	 * says whether the client still needs its own connection;
-	 * session_reset forgets the session (its connection was lost).
+	 * session_reset forgets the session (its connection was lost);
+	 * session_binding says whether that loss would silently change what
+	 * the client's next commands mean (an open MULTI or WATCH), so the
+	 * client must be closed instead of carrying on without it.
 	 * reply_seen is told of every reply delivered to the client (and of
 	 * every message of a stream). prepare appends commands a connection
 	 * needs before this client's request (SELECT of its database) and
@@ -130,6 +133,7 @@ struct proto {
 	void (*req_free)(void *state);
 	bool (*session_active)(const void *state);
 	void (*session_reset)(void *state);
+	bool (*session_binding)(const void *state);
 	void (*reply_seen)(void *state, uint32_t pflags, struct evbuffer *in,
 	    size_t len);
 	unsigned (*prepare)(void *conn_state, void *state, uint32_t pflags,

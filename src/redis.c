@@ -376,6 +376,12 @@ session_active_hook(const void *state)
 	return session_active(&((const struct redis_req_state *)state)->session);
 }
 
+static bool
+session_binding_hook(const void *state)
+{
+	return session_binding(&((const struct redis_req_state *)state)->session);
+}
+
 static void
 session_reset_hook(void *state)
 {
@@ -426,6 +432,7 @@ const struct proto redis_proto = {
 	.req_free = req_free,
 	.session_active = session_active_hook,
 	.session_reset = session_reset_hook,
+	.session_binding = session_binding_hook,
 	.reply_seen = reply_seen_hook,
 	.prepare = prepare_hook,
 	.handshake = handshake_hook,

@@ -290,6 +290,14 @@ subscribed(const struct redis_session *s)
 	return s->subs[0].n + s->subs[1].n + s->subs[2].n > 0;
 }
 
+/* A transaction being queued or keys being watched: the server's side of
+ * it dies with the connection, and nothing here can rebuild it. */
+bool
+session_binding(const struct redis_session *s)
+{
+	return s->in_multi || s->watching;
+}
+
 bool
 session_active(const struct redis_session *s)
 {

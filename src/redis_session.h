@@ -67,6 +67,7 @@ void session_init(struct redis_session *s);
 void session_free(struct redis_session *s);
 void session_reset(struct redis_session *s);
 bool session_active(const struct redis_session *s);
+bool session_binding(const struct redis_session *s);
 
 /*
  * Decide what to do with one complete request (len bytes at the head of

@@ -472,6 +472,49 @@ def quit_mid_transaction():
                ["OK", "QUEUED", ["OK"]], "C: a transaction after A's WATCH was abandoned")
 
 
+@h.test("a transaction whose connection dies (CLIENT KILL on redis) is never carried on "
+        "outside MULTI: the client is closed, its later commands never run, and a WATCH "
+        "that dies the same way does not let EXEC succeed")
+def transaction_connection_lost():
+    r = h.RedisServer()
+    sp = start(r, pool=ONE_CONN)
+
+    def kill_dedicated(pred, what):
+        rows = poll_clients(r, lambda rows: any(pred(row) for row in rows), what)
+        for row in rows:
+            if pred(row):
+                r.call("CLIENT", "KILL", "ID", row["id"])
+
+    a = sp.client()
+    expect(a.call("MULTI"), "OK", "A: MULTI")
+    expect(a.call("SET", "lost:1", "x"), "QUEUED", "A: SET in MULTI")
+    kill_dedicated(lambda row: "x" in row["flags"], "redis shows A's connection in MULTI")
+    wait_dedicated(sp, 0, "after A's connection was killed")
+    a.send(h.encode("SET", "lost:2", "y") + h.encode("EXEC"))
+    got, closed = a.read_raw(timeout=2.0)
+    assert closed, "A was not closed after its transaction's connection died; got %r" % got
+    assert b"+OK" not in got and b"QUEUED" not in got, \
+        "a command after the lost MULTI was answered as if it ran: %r" % got
+    a.close()
+    expect(r.call("GET", "lost:1"), None, "the queued SET of the lost transaction ran")
+    expect(r.call("GET", "lost:2"), None, "a SET sent after the lost MULTI ran outside it")
+    # WATCH: the same, and EXEC never succeeds on a key changed meanwhile
+    w = sp.client()
+    expect(w.call("WATCH", "lost:w"), "OK", "W: WATCH")
+    kill_dedicated(lambda row: row.get("watch", "0") != "0" or "x" in row["flags"] or
+                   row.get("cmd") == "watch", "redis shows W's watching connection")
+    wait_dedicated(sp, 0, "after W's connection was killed")
+    expect(r.call("SET", "lost:w", "changed"), "OK", "SET lost:w directly")
+    w.send(h.encode("MULTI") + h.encode("SET", "lost:w2", "1") + h.encode("EXEC"))
+    got, closed = w.read_raw(timeout=2.0)
+    assert closed and b"*1\r\n" not in got, \
+        "EXEC after a lost WATCH ran or W stayed open: %r" % got
+    w.close()
+    expect(r.call("GET", "lost:w2"), None, "the transaction after the lost WATCH ran")
+    with sp.client() as b:
+        expect(b.call("SET", "lost:b", "1"), "OK", "another client after the losses")
+
+
 @h.test("session commands pipelined behind shared requests keep the order; when every "
         "connection is held by a session, others wait up to queue_timeout, then get a clear "
         "'pool exhausted' error (not a hang); a waiter gets the first connection that frees")
@@ -983,6 +1026,19 @@ def hello_and_client_names():
     with sp.client(0) as c:
         expect(c.call("CLIENT", "GETNAME"), None, "a new client's CLIENT GETNAME")
     b.close()
+
+
+@h.test("errors that quote the client's argument (CLIENT <sub>, HELLO <option>) stay one "
+        "line when the argument holds CR LF: the next request gets its own reply")
+def echoed_errors_stay_one_line():
+    r = h.RedisServer()
+    sp = start(r, pool=ONE_CONN)
+    with sp.client(0) as c:
+        for args in (("CLIENT", "a\r\nb"), ("HELLO", "2", "a\r\n")):
+            reply, raw = raw_call(c, *args)
+            assert isinstance(reply, h.Error) and raw.count(b"\r\n") == 1 and \
+                raw.endswith(b"\r\n"), "%r: one error line expected, got %r" % (args, raw)
+            expect(c.call("PING"), "PONG", "PING after %r" % (args,))
 
 
 @h.test("CLIENT ID (and HELLO's id) is unique among the clients of all workers")
