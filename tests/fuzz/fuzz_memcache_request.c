@@ -159,26 +159,13 @@ log_bytes(struct run *r, const char *tag, struct evbuffer *b)
 	evbuffer_add(r->log, "|", 1);
 }
 
-/* Does the first line of b end in "\r\n" (else a bare "\n", or none)? */
-static bool
-line_ends_crlf(struct evbuffer *b)
-{
-	struct evbuffer_ptr nl = evbuffer_search(b, "\n", 1, NULL), p;
-	char c;
-
-	if (nl.pos <= 0)
-		return false;
-	evbuffer_ptr_set(b, &p, (size_t)nl.pos - 1, EVBUFFER_PTR_SET);
-	return evbuffer_copyout_from(b, &p, &c, 1) == 1 && c == '\r';
-}
-
 /*
- * A forwarded request, on its own: one request, which wants a reply.
- * crlf: whether the client's command line ended in "\r\n".
+ * A forwarded request, on its own: one request, which wants a reply (and,
+ * parsed again, the same request: K7 was a stripped noreply that turned
+ * "delete a\r noreply\n" into "delete a\r\n", key "a").
  */
 static void
-check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags,
-    bool crlf)
+check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags)
 {
 	size_t len = evbuffer_get_length(fwd);
 	struct evbuffer *in = evbuffer_new(), *reply = evbuffer_new();
@@ -192,14 +179,6 @@ check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags,
 	    MC_PF_DROP_HD | MC_PF_DROP_VA | MC_PF_EVICTED)) == 0);
 	/* a data block need not end in "\r\n" (the server says so) */
 	CHECK(len > 0);
-	/*
-	 * K7: "delete a\r noreply\n" goes out as "delete a\r\n": the key's
-	 * last byte became the line's "\r", and the server sees key "a".
-	 */
-	if (!crlf && line_ends_crlf(fwd)) {
-		KNOWN(K7, 0);
-		goto out;
-	}
 	evbuffer_add(in, bytes, len);
 	P->req_init(st);
 	CHECK(P->parse_request(st, in, r->lim, &ri) == PV_FORWARD);
@@ -209,7 +188,6 @@ check_forwarded(struct run *r, struct evbuffer *fwd, uint32_t pflags,
 	CHECK((ri.pflags & MC_PF_SHAPE_MASK) == (pflags & MC_PF_SHAPE_MASK));
 	CHECK((ri.pflags & (MC_PF_NOREPLY | MC_PF_DROP_EN | MC_PF_DROP_HD |
 	    MC_PF_DROP_VA | MC_PF_EVICTED)) == 0);
-out:
 	evbuffer_free(in);
 	evbuffer_free(reply);
 	free(st);
@@ -222,10 +200,8 @@ drive(struct run *r)
 		struct reqinfo ri = { .reply = r->scratch };
 		enum proto_verdict v;
 		char tag[64];
-		bool crlf;
 
 		CHECK(evbuffer_get_length(r->scratch) == 0);
-		crlf = line_ends_crlf(r->in);
 		v = P->parse_request(r->state, r->in, r->lim, &ri);
 		switch (v) {
 		case PV_NEED_MORE:
@@ -249,7 +225,7 @@ drive(struct run *r)
 			CHECK(ri.name != NULL);
 			CHECK(evbuffer_remove_buffer(r->in, fwd, ri.len) ==
 			    (int)ri.len);
-			check_forwarded(r, fwd, ri.pflags, crlf);
+			check_forwarded(r, fwd, ri.pflags);
 			snprintf(tag, sizeof(tag), "F%x:%s:", ri.pflags,
 			    ri.name);
 			log_bytes(r, tag, fwd);

@@ -123,46 +123,21 @@ pick_limits(uint8_t a, uint8_t b, struct cfg_limits *lim)
 	P->default_limits(lim);
 }
 
-/* Is s[0..n) exactly one whole RESP reply? Its type byte, or 0. */
-static char
-is_one_reply(const char *s, size_t n)
-{
-	struct resp_reply_parser p;
-	size_t used;
-
-	resp_reply_init(&p);
-	if (n == 0 || resp_reply_feed(&p, s, n, &used) != RESP_OK || used != n)
-		return 0;
-	return p.type;
-}
-
-/* b holds exactly one whole RESP reply; returns its type byte. */
+/*
+ * b holds exactly one whole RESP reply; returns its type byte. (K8 was an
+ * error quoting the client's argument with its CR LF: several lines.)
+ */
 static char
 one_reply(struct evbuffer *b)
 {
-	size_t n = evbuffer_get_length(b), i;
+	size_t n = evbuffer_get_length(b), used;
 	const char *s = (const char *)evbuffer_pullup(b, -1);
-	char type = is_one_reply(s, n), *copy;
+	struct resp_reply_parser p;
 
-	if (type != 0)
-		return type;
-	/*
-	 * K8: an error that quotes what the client sent ("CLIENT <sub>",
-	 * a HELLO option) with its CR and LF is several lines. Tolerated
-	 * (by default) when it would be one reply with them blanked.
-	 */
-	CHECK(n >= 3 && s[0] == '-' && s[n - 2] == '\r' && s[n - 1] == '\n');
-	copy = malloc(n);
-	CHECK(copy != NULL);
-	memcpy(copy, s, n);
-	for (i = 0; i < n - 2; i++)
-		if (copy[i] == '\r' || copy[i] == '\n')
-			copy[i] = ' ';
-	type = is_one_reply(copy, n);
-	free(copy);
-	CHECK(type == '-');
-	KNOWN_BUG(K8);
-	return type;
+	resp_reply_init(&p);
+	CHECK(n > 0 && resp_reply_feed(&p, s, n, &used) == RESP_OK);
+	CHECK(used == n);
+	return p.type;
 }
 
 /* ---- requests: client.c's process_input without the sockets ---- */
@@ -207,8 +182,11 @@ struct req_run {
 	uint32_t inflight[MAX_INFLIGHT]; /* pflags of requests sent */
 	size_t ninflight;         /* nsent */
 	size_t nstream;           /* stream requests whose reply is owed */
-	size_t nforwarded;
+	size_t nforwarded;        /* replies handed out so far */
+	size_t nfwd;              /* requests forwarded so far */
+	size_t nforwarded_points; /* PV_FORWARD verdicts so far */
 	unsigned shift;
+	unsigned flags;           /* byte 3 of the input */
 };
 
 /* What goes to the server: one multibulk request, at least one argument. */
@@ -332,13 +310,26 @@ deliver(struct req_run *r)
 }
 
 /* A request on its way: what the connection is told first, and the
- * request itself (client.c's forward_request). */
-static void
+ * request itself (client.c's forward_request). False: it failed. */
+static bool
 forward(struct req_run *r, const struct reqinfo *ri)
 {
-	struct evbuffer *out = evbuffer_new();
+	struct evbuffer *out;
 	void *conn;
 
+	/*
+	 * With flag 8, every fifth request finds no connection (pool
+	 * exhausted, server down): forward_request answers an error, and a
+	 * session that needed one is reset. The client's own connection,
+	 * once it has one, is always there.
+	 */
+	if ((r->flags & 8) && !r->has_dedicated &&
+	    (r->nfwd++ + r->shift) % 5 == 4) {
+		if (ri->need != NEED_SHARED && P->session_reset != NULL)
+			P->session_reset(r->state);
+		return false;
+	}
+	out = evbuffer_new();
 	CHECK(out != NULL);
 	if (!r->has_dedicated && ri->need != NEED_SHARED)
 		r->has_dedicated = true;
@@ -350,10 +341,11 @@ forward(struct req_run *r, const struct reqinfo *ri)
 	if (ri->need == NEED_STREAM || r->stream) {
 		r->stream = true;
 		r->nstream++;
-		return;
+		return true;
 	}
 	CHECK(r->ninflight < MAX_INFLIGHT);
 	r->inflight[r->ninflight++] = ri->pflags;
+	return true;
 }
 
 static void
@@ -368,7 +360,7 @@ req_drive(struct req_run *r)
 			.can_switch = r->ninflight == 0,
 		};
 		enum proto_verdict v;
-		bool too_big;
+		bool too_big, sent;
 
 		CHECK(evbuffer_get_length(r->scratch) == 0);
 		/* an inline line rewritten before a PV_WAIT is still one */
@@ -414,13 +406,20 @@ req_drive(struct req_run *r)
 			CHECK(evbuffer_remove_buffer(r->in, fwd, ri.len) ==
 			    (int)ri.len);
 			check_forwarded(r->lim, fwd);
-			forward(r, &ri);
+			sent = forward(r, &ri);
 			r->last = evbuffer_get_length(r->log);
-			evbuffer_add_printf(r->log, "F%zu:%d:", ri.len,
-			    (int)ri.need);
+			evbuffer_add_printf(r->log, "F%zu:%d%s:", ri.len,
+			    (int)ri.need, sent ? "" : "!");
 			evbuffer_add_buffer(r->log, fwd);
 			evbuffer_add(r->log, "|", 1);
 			evbuffer_free(fwd);
+			/*
+			 * Replies come at points fixed by the sequence of
+			 * requests (here and at PV_WAIT), never by how the
+			 * bytes were cut, so both runs see the same.
+			 */
+			if (r->nforwarded_points++ % 3 == (r->shift % 3))
+				deliver(r);
 			break;
 		}
 		case PV_LOCAL:
@@ -493,9 +492,10 @@ new_conn(const struct cfg_upstream *up)
 
 static struct req_run
 req_run(const struct cfg_upstream *up, const char *s, size_t len,
-    uint8_t seed, unsigned shift)
+    uint8_t seed, unsigned shift, unsigned flags)
 {
-	struct req_run r = { .lim = &up->limits, .up = up, .shift = shift };
+	struct req_run r = { .lim = &up->limits, .up = up, .shift = shift,
+	    .flags = flags };
 	struct chunker ch;
 	size_t pos = 0;
 
@@ -676,7 +676,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	up.protocol = PROTO_REDIS;
 	up.databases = 16;
 	pick_limits(data[1], data[2], &up.limits);
-	/* byte 3: clients must AUTH, refused commands, AUTH to the server */
+	/* byte 3: clients must AUTH, refused commands, AUTH to the server,
+	 * connections that fail (forward); the high nibble shifts replies */
 	if (data[3] & 1) {
 		up.users = users;
 		up.nusers = 2;
@@ -690,8 +691,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	s = (const char *)data + 4;
 	len = size - 4;
 
-	same_requests(req_run(&up, s, len, 0, data[3] >> 4),
-	    req_run(&up, s, len, data[0], data[3] >> 4));
+	same_requests(req_run(&up, s, len, 0, data[3] >> 4, data[3] & 15),
+	    req_run(&up, s, len, data[0], data[3] >> 4, data[3] & 15));
 	same(reply_run(s, len, 0), reply_run(s, len, data[0]));
 	check_error_reply(s, len);
 	return 0;
