@@ -46,6 +46,16 @@ struct addr_use {
 	size_t		 order;	/* position in the file, to keep sorts stable */
 };
 
+/* Nodes an upstream keeps for messages about two keys together. */
+enum mark {
+	MARK_NONE,
+	MARK_SIZE,
+	MARK_MAX,
+	MARK_MIN_IDLE,
+	MARK_RETRY,
+	NMARKS
+};
+
 struct listener_draft {
 	struct cfg_listener	*l;
 	char			 name[32];	/* "listener #2" */
@@ -62,7 +72,7 @@ struct upstream_draft {
 	char			 pool_where[NAME_MAX_LEN + 32];
 	char			 limits_where[NAME_MAX_LEN + 32];
 	bool			 has_protocol, has_servers;
-	yaml_node_t		*size_node, *max_node, *min_idle_node, *retry_node;
+	yaml_node_t		*marks[NMARKS];
 	yaml_node_t		*auth_node;
 };
 
@@ -86,15 +96,65 @@ struct loader {
 struct scope {
 	struct loader	*ld;
 	const char	*where;	/* " in listener #2"; "" at the top level */
-	void		*obj;
+	void		*obj;	/* the draft, for the rules' functions */
+	void		*fields;/* the struct plain values are stored in */
+	yaml_node_t	**marks;/* NMARKS of them, where rules mark nodes */
 };
 
 typedef void apply_fn(struct scope *, const char *, yaml_node_t *);
 
+/*
+ * Most keys are one value read, checked and stored in a field of the
+ * scope's struct: those are data (a kind, the field, its range), read by
+ * apply_rule. The others name a function.
+ */
+enum value_kind {
+	V_FUNC,		/* apply does everything */
+	V_INT,		/* int, lo..hi */
+	V_UINT,		/* unsigned, lo..hi */
+	V_U64,		/* uint64_t, lo..hi */
+	V_MS,		/* uint64_t milliseconds from "5s"; range says lo..hi */
+	V_SIZE,		/* uint64_t bytes from "16k" */
+	V_MODE,		/* mode_t, octal */
+	V_PATH,		/* char *, absolute */
+	V_LOG_PATH,	/* char *, absolute or "stderr" */
+	V_SECRET,	/* char *, one line */
+};
+
 struct key_rule {
 	const char	*key;
 	apply_fn	*apply;
+	enum value_kind	 kind;
+	size_t		 off;	/* of the field in scope->fields */
+	uint64_t	 lo, hi;
+	const char	*range;	/* V_MS: lo..hi as messages write it */
+	enum mark	 mark;	/* where to keep the value's node */
 };
+
+/* offsetof, checked: a field of another type than t does not compile. */
+#define FIELD(s, m, t)	(offsetof(s, m) + 0 * _Generic(((s *)0)->m, t: 0))
+
+#define R_FUNC(k, f)		{ .key = (k), .apply = (f), .kind = V_FUNC }
+#define R_NUM(k, kd, s, m, t, l, h, r, mk) \
+	{ .key = (k), .kind = (kd), .off = FIELD(s, m, t), .lo = (l), \
+	  .hi = (h), .range = (r), .mark = (mk) }
+#define R_INT(k, s, m, l, h)	R_NUM(k, V_INT, s, m, int, l, h, NULL, MARK_NONE)
+#define R_UINT(k, s, m, l, h)	R_NUM(k, V_UINT, s, m, unsigned, l, h, NULL, \
+				    MARK_NONE)
+#define R_U64(k, s, m, l, h)	R_NUM(k, V_U64, s, m, uint64_t, l, h, NULL, \
+				    MARK_NONE)
+#define R_MS(k, s, m, l, h, r)	R_NUM(k, V_MS, s, m, uint64_t, l, h, r, \
+				    MARK_NONE)
+#define R_SIZE(k, s, m)		R_NUM(k, V_SIZE, s, m, uint64_t, 0, 0, NULL, \
+				    MARK_NONE)
+#define R_MODE(k, s, m)		R_NUM(k, V_MODE, s, m, mode_t, 0, 0, NULL, \
+				    MARK_NONE)
+#define R_PATH(k, s, m)		R_NUM(k, V_PATH, s, m, char *, 0, 0, NULL, \
+				    MARK_NONE)
+#define R_LOG_PATH(k, s, m)	R_NUM(k, V_LOG_PATH, s, m, char *, 0, 0, \
+				    NULL, MARK_NONE)
+#define R_SECRET(k, s, m)	R_NUM(k, V_SECRET, s, m, char *, 0, 0, NULL, \
+				    MARK_NONE)
 
 #define NITEMS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -733,6 +793,60 @@ get_path(struct scope *sc, const char *key, yaml_node_t *v, bool stderr_ok,
 	return 0;
 }
 
+/* Octal, as chmod takes it. A plain 660 is refused rather than read as
+ * decimal 660 (which YAML says it is) or octal (which the writer meant). */
+static int
+get_mode(struct scope *sc, const char *key, yaml_node_t *v, mode_t *out)
+{
+	const char		*s, *p;
+	unsigned		 mode = 0;
+
+	if ((s = get_scalar(sc, key, v, "an octal mode like \"0660\"")) == NULL)
+		return -1;
+	if (v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && s[0] != '0') {
+		err_at(sc->ld, v->start_mark, "mode %s%s is ambiguous: write "
+		    "it in octal with a leading zero, like 0660 or \"0660\"",
+		    s, sc->where);
+		return -1;
+	}
+	p = s;
+	if (p[0] == '0' && (p[1] == 'o' || p[1] == 'O'))
+		p += 2;
+	if (*p == '\0')
+		goto bad;
+	for (; *p >= '0' && *p <= '7' && mode <= 0777; p++)
+		mode = mode * 8 + (unsigned)(*p - '0');
+	if (mode > 0777) {
+		err_at(sc->ld, v->start_mark, "mode %s%s is out of range (use "
+		    "0..0777)", s, sc->where);
+		return -1;
+	}
+	if (*p != '\0')
+		goto bad;
+	*out = (mode_t)mode;
+	return 0;
+bad:
+	err_at(sc->ld, v->start_mark, "mode '%s'%s is not an octal number "
+	    "(write it like \"0660\")", s, sc->where);
+	return -1;
+}
+
+static void
+get_secret(struct scope *sc, const char *key, yaml_node_t *v, char **dst)
+{
+	const char	*s = get_scalar(sc, key, v, "a string");
+
+	if (s == NULL)
+		return;
+	if (strpbrk(s, "\r\n") != NULL) {
+		err_at(sc->ld, v->start_mark, "%s%s contains a line break "
+		    "(write it on one line)", key, sc->where);
+		return;
+	}
+	free(*dst);
+	*dst = ld_strdup(sc->ld, s);
+}
+
 /* A mapping or sequence where one is required; false after an error. */
 static bool
 require_type(struct scope *sc, const char *key, yaml_node_t *v,
@@ -839,6 +953,50 @@ check_key(struct scope *sc, yaml_node_t *map, yaml_node_pair_t *p)
 }
 
 static void
+apply_rule(struct scope *sc, const struct key_rule *r, yaml_node_t *v)
+{
+	void	*f = (char *)sc->fields + r->off;
+	int64_t	 n;
+
+	if (r->mark != MARK_NONE)
+		sc->marks[r->mark] = v;
+	switch (r->kind) {
+	case V_FUNC:
+		r->apply(sc, r->key, v);
+		break;
+	case V_INT:
+	case V_UINT:
+	case V_U64:
+		if (get_int(sc, r->key, v, (int64_t)r->lo, (int64_t)r->hi,
+		    &n) != 0)
+			break;
+		if (r->kind == V_INT)
+			*(int *)f = (int)n;
+		else if (r->kind == V_UINT)
+			*(unsigned *)f = (unsigned)n;
+		else
+			*(uint64_t *)f = (uint64_t)n;
+		break;
+	case V_MS:
+		get_duration(sc, r->key, v, r->lo, r->hi, r->range, f);
+		break;
+	case V_SIZE:
+		get_size(sc, r->key, v, f);
+		break;
+	case V_MODE:
+		get_mode(sc, r->key, v, f);
+		break;
+	case V_PATH:
+	case V_LOG_PATH:
+		get_path(sc, r->key, v, r->kind == V_LOG_PATH, f);
+		break;
+	case V_SECRET:
+		get_secret(sc, r->key, v, f);
+		break;
+	}
+}
+
+static void
 walk_mapping(struct scope *sc, yaml_node_t *map, const struct key_rule *rules,
     size_t nrules)
 {
@@ -858,7 +1016,7 @@ walk_mapping(struct scope *sc, yaml_node_t *map, const struct key_rule *rules,
 		if (i == nrules)
 			report_unknown_key(sc, k, rules, nrules);
 		else if (!node_is_null(v))
-			rules[i].apply(sc, rules[i].key, v);
+			apply_rule(sc, &rules[i], v);
 	}
 }
 
@@ -929,44 +1087,6 @@ apply_listener_upstream(struct scope *sc, const char *key, yaml_node_t *v)
 	    NULL;
 }
 
-/* Octal, as chmod takes it. A plain 660 is refused rather than read as
- * decimal 660 (which YAML says it is) or octal (which the writer meant). */
-static int
-get_mode(struct scope *sc, const char *key, yaml_node_t *v, mode_t *out)
-{
-	const char		*s, *p;
-	unsigned		 mode = 0;
-
-	if ((s = get_scalar(sc, key, v, "an octal mode like \"0660\"")) == NULL)
-		return -1;
-	if (v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && s[0] != '0') {
-		err_at(sc->ld, v->start_mark, "mode %s%s is ambiguous: write "
-		    "it in octal with a leading zero, like 0660 or \"0660\"",
-		    s, sc->where);
-		return -1;
-	}
-	p = s;
-	if (p[0] == '0' && (p[1] == 'o' || p[1] == 'O'))
-		p += 2;
-	if (*p == '\0')
-		goto bad;
-	for (; *p >= '0' && *p <= '7' && mode <= 0777; p++)
-		mode = mode * 8 + (unsigned)(*p - '0');
-	if (mode > 0777) {
-		err_at(sc->ld, v->start_mark, "mode %s%s is out of range (use "
-		    "0..0777)", s, sc->where);
-		return -1;
-	}
-	if (*p != '\0')
-		goto bad;
-	*out = (mode_t)mode;
-	return 0;
-bad:
-	err_at(sc->ld, v->start_mark, "mode '%s'%s is not an octal number "
-	    "(write it like \"0660\")", s, sc->where);
-	return -1;
-}
-
 static void
 apply_mode(struct scope *sc, const char *key, yaml_node_t *v)
 {
@@ -976,41 +1096,14 @@ apply_mode(struct scope *sc, const char *key, yaml_node_t *v)
 	get_mode(sc, key, v, &d->l->mode);
 }
 
-static void
-apply_backlog(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct listener_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 1, 65535, &n) == 0)
-		d->l->backlog = (int)n;
-}
-
-static void
-apply_max_clients(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct listener_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 0, 1000000, &n) == 0)
-		d->l->max_clients = (unsigned)n;
-}
-
-static void
-apply_client_idle(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct listener_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 0, UINT64_MAX, "", &d->l->idle_timeout_ms);
-}
-
 static const struct key_rule listener_rules[] = {
-	{ "listen", apply_listen },
-	{ "upstream", apply_listener_upstream },
-	{ "mode", apply_mode },
-	{ "backlog", apply_backlog },
-	{ "max_clients", apply_max_clients },
-	{ "idle_timeout", apply_client_idle },
+	R_FUNC("listen", apply_listen),
+	R_FUNC("upstream", apply_listener_upstream),
+	R_FUNC("mode", apply_mode),
+	R_INT("backlog", struct cfg_listener, backlog, 1, 65535),
+	R_UINT("max_clients", struct cfg_listener, max_clients, 0, 1000000),
+	R_MS("idle_timeout", struct cfg_listener, idle_timeout_ms, 0,
+	    UINT64_MAX, ""),
 };
 
 static void
@@ -1035,7 +1128,8 @@ static void
 load_listener(struct loader *ld, size_t i, yaml_node_t *n)
 {
 	struct listener_draft	*d = &ld->ldrafts[i];
-	struct scope		 sc = { ld, d->where, d };
+	struct scope		 sc = { ld, d->where, d, &ld->cfg->listeners[i],
+	    NULL };
 
 	d->l = &ld->cfg->listeners[i];
 	d->l->mode = 0660;
@@ -1146,214 +1240,54 @@ apply_servers(struct scope *sc, const char *key, yaml_node_t *v)
 		load_server(sc, node_at(sc->ld, *it));
 }
 
-static void
-apply_pool_size(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	d->size_node = v;
-	if (get_int(sc, key, v, 0, 10000, &n) == 0)
-		d->u->pool.size = (unsigned)n;
-}
-
-static void
-apply_pool_max(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	d->max_node = v;
-	if (get_int(sc, key, v, 1, 10000, &n) == 0)
-		d->u->pool.max_connections = (unsigned)n;
-}
-
-static void
-apply_pool_idle(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 0, UINT64_MAX, "", &d->u->pool.idle_timeout_ms);
-}
-
-static void
-apply_pool_min_idle(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	d->min_idle_node = v;
-	if (get_int(sc, key, v, 0, 10000, &n) == 0)
-		d->u->pool.min_idle = (unsigned)n;
-}
-
-static void
-apply_pool_lifetime(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 0, UINT64_MAX, "",
-	    &d->u->pool.max_lifetime_ms);
-}
-
-static void
-apply_pool_probe(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 0, UINT64_MAX, "",
-	    &d->u->pool.probe_interval_ms);
-}
-
-static void
-apply_pool_depth(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 1, 100000, &n) == 0)
-		d->u->pool.pipeline_depth = (unsigned)n;
-}
-
-static void
-apply_pool_queue_size(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 0, 1000000, &n) == 0)
-		d->u->pool.queue_size = (unsigned)n;
-}
-
-static void
-apply_pool_queue_timeout(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 0, MS_HOUR, "0..1h",
-	    &d->u->pool.queue_timeout_ms);
-}
-
 static const struct key_rule pool_rules[] = {
-	{ "queue_size", apply_pool_queue_size },
-	{ "queue_timeout", apply_pool_queue_timeout },
-	{ "size", apply_pool_size },
-	{ "max_connections", apply_pool_max },
-	{ "idle_timeout", apply_pool_idle },
-	{ "min_idle", apply_pool_min_idle },
-	{ "max_lifetime", apply_pool_lifetime },
-	{ "probe_interval", apply_pool_probe },
-	{ "pipeline_depth", apply_pool_depth },
+	R_UINT("queue_size", struct cfg_upstream, pool.queue_size, 0, 1000000),
+	R_MS("queue_timeout", struct cfg_upstream, pool.queue_timeout_ms, 0,
+	    MS_HOUR, "0..1h"),
+	R_NUM("size", V_UINT, struct cfg_upstream, pool.size, unsigned, 0,
+	    10000, NULL, MARK_SIZE),
+	R_NUM("max_connections", V_UINT, struct cfg_upstream,
+	    pool.max_connections, unsigned, 1, 10000, NULL, MARK_MAX),
+	R_MS("idle_timeout", struct cfg_upstream, pool.idle_timeout_ms, 0,
+	    UINT64_MAX, ""),
+	R_NUM("min_idle", V_UINT, struct cfg_upstream, pool.min_idle,
+	    unsigned, 0, 10000, NULL, MARK_MIN_IDLE),
+	R_MS("max_lifetime", struct cfg_upstream, pool.max_lifetime_ms, 0,
+	    UINT64_MAX, ""),
+	R_MS("probe_interval", struct cfg_upstream, pool.probe_interval_ms, 0,
+	    UINT64_MAX, ""),
+	R_UINT("pipeline_depth", struct cfg_upstream, pool.pipeline_depth, 1,
+	    100000),
 };
 
 static void
 apply_pool(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct upstream_draft	*d = sc->obj;
-	struct scope		 sub = { sc->ld, d->pool_where, d };
+	struct scope		 sub = { sc->ld, d->pool_where, d, d->u,
+	    d->marks };
 
 	if (require_type(sc, key, v, YAML_MAPPING_NODE, "a mapping"))
 		walk_mapping(&sub, v, pool_rules, NITEMS(pool_rules));
 }
 
-static void
-apply_connect_timeout(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 1, MS_HOUR, "1ms..1h",
-	    &d->u->connect_timeout_ms);
-}
-
-static void
-apply_request_timeout(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	get_duration(sc, key, v, 0, UINT64_MAX, "", &d->u->request_timeout_ms);
-}
-
-static void
-apply_failure_limit(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 1, 1000, &n) == 0)
-		d->u->failure_limit = (unsigned)n;
-}
-
-static void
-apply_retry_interval(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	d->retry_node = v;
-	get_duration(sc, key, v, 1, MS_HOUR, "1ms..1h",
-	    &d->u->retry_interval_ms);
-}
-
-static void
-apply_retry_max(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-
-	d->retry_node = v;
-	get_duration(sc, key, v, 1, MS_HOUR, "1ms..1h",
-	    &d->u->retry_max_interval_ms);
-}
-
-static void
-apply_size_limit(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct cfg_limits	*lim = &((struct upstream_draft *)sc->obj)->u->limits;
-	uint64_t		*dst;
-
-	if (strcmp(key, "max_request_size") == 0)
-		dst = &lim->max_request_size;
-	else if (strcmp(key, "max_value_size") == 0)
-		dst = &lim->max_value_size;
-	else if (strcmp(key, "max_line_length") == 0)
-		dst = &lim->max_line_length;
-	else
-		dst = &lim->max_output;
-	get_size(sc, key, v, dst);
-}
-
-static void
-apply_max_args(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 0, 2147483647, &n) == 0)
-		d->u->limits.max_args = (uint64_t)n;
-}
-
-static void
-apply_max_pending(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	struct upstream_draft	*d = sc->obj;
-	int64_t			 n;
-
-	if (get_int(sc, key, v, 0, 1000000, &n) == 0)
-		d->u->limits.max_pending = (unsigned)n;
-}
-
 static const struct key_rule limits_rules[] = {
-	{ "max_request_size", apply_size_limit },
-	{ "max_value_size", apply_size_limit },
-	{ "max_args", apply_max_args },
-	{ "max_line_length", apply_size_limit },
-	{ "max_pending", apply_max_pending },
-	{ "max_output", apply_size_limit },
+	R_SIZE("max_request_size", struct cfg_upstream,
+	    limits.max_request_size),
+	R_SIZE("max_value_size", struct cfg_upstream, limits.max_value_size),
+	R_U64("max_args", struct cfg_upstream, limits.max_args, 0, 2147483647),
+	R_SIZE("max_line_length", struct cfg_upstream, limits.max_line_length),
+	R_UINT("max_pending", struct cfg_upstream, limits.max_pending, 0,
+	    1000000),
+	R_SIZE("max_output", struct cfg_upstream, limits.max_output),
 };
 
 static void
 apply_limits(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct upstream_draft	*d = sc->obj;
-	struct scope		 sub = { sc->ld, d->limits_where, d };
+	struct scope		 sub = { sc->ld, d->limits_where, d, d->u,
+	    NULL };
 
 	if (require_type(sc, key, v, YAML_MAPPING_NODE, "a mapping"))
 		walk_mapping(&sub, v, limits_rules, NITEMS(limits_rules));
@@ -1361,38 +1295,9 @@ apply_limits(struct scope *sc, const char *key, yaml_node_t *v)
 
 /* ---- redis sessions: credentials, databases, refused commands ---------- */
 
-static void
-get_secret(struct scope *sc, const char *key, yaml_node_t *v, char **dst)
-{
-	const char	*s = get_scalar(sc, key, v, "a string");
-
-	if (s == NULL)
-		return;
-	if (strpbrk(s, "\r\n") != NULL) {
-		err_at(sc->ld, v->start_mark, "%s%s contains a line break "
-		    "(write it on one line)", key, sc->where);
-		return;
-	}
-	free(*dst);
-	*dst = ld_strdup(sc->ld, s);
-}
-
-static void
-apply_auth_user(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_secret(sc, key, v, &((struct upstream_draft *)sc->obj)->u->auth_user);
-}
-
-static void
-apply_auth_password(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_secret(sc, key, v,
-	    &((struct upstream_draft *)sc->obj)->u->auth_password);
-}
-
 static const struct key_rule auth_rules[] = {
-	{ "user", apply_auth_user },
-	{ "password", apply_auth_password },
+	R_SECRET("user", struct cfg_upstream, auth_user),
+	R_SECRET("password", struct cfg_upstream, auth_password),
 };
 
 /* What sidepool sends the server on every new connection. */
@@ -1400,7 +1305,7 @@ static void
 apply_auth(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct upstream_draft	*d = sc->obj;
-	struct scope		 sub = { sc->ld, d->where, d };
+	struct scope		 sub = { sc->ld, d->where, d, d->u, NULL };
 
 	d->auth_node = v;
 	if (require_type(sc, key, v, YAML_MAPPING_NODE,
@@ -1480,8 +1385,8 @@ apply_client_users(struct scope *sc, const char *key, yaml_node_t *v)
 }
 
 static const struct key_rule client_auth_rules[] = {
-	{ "password", apply_client_password },
-	{ "users", apply_client_users },
+	R_FUNC("password", apply_client_password),
+	R_FUNC("users", apply_client_users),
 };
 
 /* What clients must send sidepool before anything else. */
@@ -1489,7 +1394,7 @@ static void
 apply_client_auth(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct upstream_draft	*d = sc->obj;
-	struct scope		 sub = { sc->ld, d->where, d };
+	struct scope		 sub = { sc->ld, d->where, d, NULL, NULL };
 
 	d->auth_node = d->auth_node ? d->auth_node : v;
 	if (require_type(sc, key, v, YAML_MAPPING_NODE,
@@ -1513,12 +1418,11 @@ apply_databases(struct scope *sc, const char *key, yaml_node_t *v)
 static void
 apply_refuse(struct scope *sc, const char *key, yaml_node_t *v)
 {
-	struct cfg_upstream	*u = ((struct upstream_draft *)sc->obj)->u;
+	struct upstream_draft	*d = sc->obj;
+	struct cfg_upstream	*u = d->u;
 	yaml_node_item_t	*it;
 
-	((struct upstream_draft *)sc->obj)->auth_node =
-	    ((struct upstream_draft *)sc->obj)->auth_node ?
-	    ((struct upstream_draft *)sc->obj)->auth_node : v;
+	d->auth_node = d->auth_node ? d->auth_node : v;
 	if (!require_type(sc, key, v, YAML_SEQUENCE_NODE,
 	    "a sequence of command names"))
 		return;
@@ -1550,19 +1454,23 @@ apply_refuse(struct scope *sc, const char *key, yaml_node_t *v)
 }
 
 static const struct key_rule upstream_rules[] = {
-	{ "protocol", apply_protocol },
-	{ "servers", apply_servers },
-	{ "pool", apply_pool },
-	{ "connect_timeout", apply_connect_timeout },
-	{ "request_timeout", apply_request_timeout },
-	{ "failure_limit", apply_failure_limit },
-	{ "auth", apply_auth },
-	{ "client_auth", apply_client_auth },
-	{ "databases", apply_databases },
-	{ "refuse_commands", apply_refuse },
-	{ "retry_interval", apply_retry_interval },
-	{ "retry_max_interval", apply_retry_max },
-	{ "limits", apply_limits },
+	R_FUNC("protocol", apply_protocol),
+	R_FUNC("servers", apply_servers),
+	R_FUNC("pool", apply_pool),
+	R_MS("connect_timeout", struct cfg_upstream, connect_timeout_ms, 1,
+	    MS_HOUR, "1ms..1h"),
+	R_MS("request_timeout", struct cfg_upstream, request_timeout_ms, 0,
+	    UINT64_MAX, ""),
+	R_UINT("failure_limit", struct cfg_upstream, failure_limit, 1, 1000),
+	R_FUNC("auth", apply_auth),
+	R_FUNC("client_auth", apply_client_auth),
+	R_FUNC("databases", apply_databases),
+	R_FUNC("refuse_commands", apply_refuse),
+	R_NUM("retry_interval", V_MS, struct cfg_upstream, retry_interval_ms,
+	    uint64_t, 1, MS_HOUR, "1ms..1h", MARK_RETRY),
+	R_NUM("retry_max_interval", V_MS, struct cfg_upstream,
+	    retry_max_interval_ms, uint64_t, 1, MS_HOUR, "1ms..1h", MARK_RETRY),
+	R_FUNC("limits", apply_limits),
 };
 
 /* 0 in the file means "the protocol's default"; the config never holds 0. */
@@ -1590,7 +1498,8 @@ static void
 finish_upstream(struct loader *ld, struct upstream_draft *d)
 {
 	struct cfg_upstream	*u = d->u;
-	yaml_node_t		*at = d->size_node ? d->size_node : d->max_node;
+	yaml_node_t		*at = d->marks[MARK_SIZE] ? d->marks[MARK_SIZE] :
+	    d->marks[MARK_MAX];
 
 	if (!d->has_protocol)
 		err_at(ld, d->key->start_mark, "%s has no protocol (add "
@@ -1603,8 +1512,8 @@ finish_upstream(struct loader *ld, struct upstream_draft *d)
 		    "max_connections %u%s (lower size or raise "
 		    "max_connections)", u->pool.size, u->pool.max_connections,
 		    d->where);
-	if (u->pool.min_idle > u->pool.size && d->min_idle_node)
-		err_at(ld, d->min_idle_node->start_mark, "min_idle %u is larger "
+	if (u->pool.min_idle > u->pool.size && d->marks[MARK_MIN_IDLE])
+		err_at(ld, d->marks[MARK_MIN_IDLE]->start_mark, "min_idle %u is larger "
 		    "than the pool size %u%s (lower min_idle or raise size: "
 		    "idle connections beyond size are closed)",
 		    u->pool.min_idle, u->pool.size, d->where);
@@ -1616,8 +1525,9 @@ finish_upstream(struct loader *ld, struct upstream_draft *d)
 	    u->auth_password == NULL)
 		err_at(ld, d->auth_node->start_mark, "auth%s has a user but no "
 		    "password (add password)", d->where);
-	if (u->retry_interval_ms > u->retry_max_interval_ms && d->retry_node)
-		err_at(ld, d->retry_node->start_mark, "retry_interval is longer "
+	if (u->retry_interval_ms > u->retry_max_interval_ms &&
+	    d->marks[MARK_RETRY])
+		err_at(ld, d->marks[MARK_RETRY]->start_mark, "retry_interval is longer "
 		    "than retry_max_interval%s (make retry_max_interval at "
 		    "least retry_interval)", d->where);
 	resolve_limits(u);
@@ -1644,7 +1554,7 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	struct config		*cfg = ld->cfg;
 	struct upstream_draft	*d = &ld->udrafts[cfg->nupstreams];
 	struct cfg_upstream	*u = &cfg->upstreams[cfg->nupstreams++];
-	struct scope		 sc = { ld, d->where, d };
+	struct scope		 sc = { ld, d->where, d, u, d->marks };
 
 	d->u = u;
 	d->key = k;
@@ -1684,7 +1594,7 @@ apply_upstreams(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct loader		*ld = sc->ld;
 	struct config		*cfg = ld->cfg;
-	struct scope		 sub = { ld, " in upstreams", NULL };
+	struct scope		 sub = { ld, " in upstreams", NULL, NULL, NULL };
 	yaml_node_pair_t	*p;
 	size_t			 n;
 
@@ -1763,61 +1673,31 @@ apply_log_level(struct scope *sc, const char *key, yaml_node_t *v)
 	    "info, notice, warn or error)", s);
 }
 
-static void
-apply_log_file(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_path(sc, key, v, true, &sc->ld->cfg->log_file);
-}
-
 static const struct key_rule log_rules[] = {
-	{ "level", apply_log_level },
-	{ "file", apply_log_file },
+	R_FUNC("level", apply_log_level),
+	R_LOG_PATH("file", struct config, log_file),
 };
 
 static void
 apply_log(struct scope *sc, const char *key, yaml_node_t *v)
 {
-	struct scope	 sub = { sc->ld, " in log", NULL };
+	struct scope	 sub = { sc->ld, " in log", NULL, sc->ld->cfg, NULL };
 
 	if (require_type(sc, key, v, YAML_MAPPING_NODE,
 	    "a mapping with level and file"))
 		walk_mapping(&sub, v, log_rules, NITEMS(log_rules));
 }
 
-static void
-apply_pid_file(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_path(sc, key, v, false, &sc->ld->cfg->pid_file);
-}
-
-static void
-apply_shutdown_timeout(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_duration(sc, key, v, 0, MS_HOUR, "0..1h",
-	    &sc->ld->cfg->shutdown_timeout_ms);
-}
-
-static void
-apply_control_path(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_path(sc, key, v, false, &sc->ld->cfg->control_path);
-}
-
-static void
-apply_control_mode(struct scope *sc, const char *key, yaml_node_t *v)
-{
-	get_mode(sc, key, v, &sc->ld->cfg->control_mode);
-}
-
 static const struct key_rule control_rules[] = {
-	{ "path", apply_control_path },
-	{ "mode", apply_control_mode },
+	R_PATH("path", struct config, control_path),
+	R_MODE("mode", struct config, control_mode),
 };
 
 static void
 apply_control(struct scope *sc, const char *key, yaml_node_t *v)
 {
-	struct scope	 sub = { sc->ld, " in control", NULL };
+	struct scope	 sub = { sc->ld, " in control", NULL, sc->ld->cfg,
+	    NULL };
 
 	if (require_type(sc, key, v, YAML_MAPPING_NODE,
 	    "a mapping with path and mode"))
@@ -1863,13 +1743,13 @@ apply_metrics_listen(struct scope *sc, const char *key, yaml_node_t *v)
 }
 
 static const struct key_rule metrics_rules[] = {
-	{ "listen", apply_metrics_listen },
+	R_FUNC("listen", apply_metrics_listen),
 };
 
 static void
 apply_metrics(struct scope *sc, const char *key, yaml_node_t *v)
 {
-	struct scope	 sub = { sc->ld, " in metrics", NULL };
+	struct scope	 sub = { sc->ld, " in metrics", NULL, NULL, NULL };
 
 	if (require_type(sc, key, v, YAML_MAPPING_NODE,
 	    "a mapping with listen"))
@@ -1877,14 +1757,15 @@ apply_metrics(struct scope *sc, const char *key, yaml_node_t *v)
 }
 
 static const struct key_rule top_rules[] = {
-	{ "workers", apply_workers },
-	{ "log", apply_log },
-	{ "control", apply_control },
-	{ "metrics", apply_metrics },
-	{ "pid_file", apply_pid_file },
-	{ "shutdown_timeout", apply_shutdown_timeout },
-	{ "listeners", apply_listeners },
-	{ "upstreams", apply_upstreams },
+	R_FUNC("workers", apply_workers),
+	R_FUNC("log", apply_log),
+	R_FUNC("control", apply_control),
+	R_FUNC("metrics", apply_metrics),
+	R_PATH("pid_file", struct config, pid_file),
+	R_MS("shutdown_timeout", struct config, shutdown_timeout_ms, 0, MS_HOUR,
+	    "0..1h"),
+	R_FUNC("listeners", apply_listeners),
+	R_FUNC("upstreams", apply_upstreams),
 };
 
 /* ---- cross-checks -------------------------------------------------------- */
@@ -2044,7 +1925,7 @@ set_defaults(struct config *cfg)
 static void
 load_root(struct loader *ld, yaml_node_t *root)
 {
-	struct scope	 sc = { ld, "", NULL };
+	struct scope	 sc = { ld, "", NULL, ld->cfg, NULL };
 
 	if (root->type != YAML_MAPPING_NODE) {
 		err_at(ld, root->start_mark, "the top level must be a mapping "
