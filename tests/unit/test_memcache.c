@@ -116,6 +116,30 @@ req_drive(struct req_run *r, const struct cfg_limits *lim)
 	}
 }
 
+/* A fresh parser with empty input and transcript. */
+static void
+req_run_open(struct req_run *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->state = calloc(1, P->req_state_size);
+	ck_assert_ptr_nonnull(r->state);
+	P->req_init(r->state);
+	r->in = evbuffer_new();
+	r->log = evbuffer_new();
+}
+
+/* Free the parser; its transcript, ending "N<n>" if n bytes wait for more. */
+static struct evbuffer *
+req_run_close(struct req_run *r)
+{
+	log_skipped(r);
+	if (!r->closed && evbuffer_get_length(r->in) > 0)
+		evbuffer_add_printf(r->log, "N%zu", evbuffer_get_length(r->in));
+	evbuffer_free(r->in);
+	free(r->state);
+	return r->log;
+}
+
 /*
  * Run data through a fresh parser, in pieces of chunk bytes (0: one piece),
  * or in two pieces split at split (when nonzero). Returns the transcript:
@@ -130,12 +154,7 @@ req_run_pieces(const char *data, size_t len, size_t chunk, size_t split,
 	struct req_run r;
 	size_t off = 0, n;
 
-	memset(&r, 0, sizeof(r));
-	r.state = calloc(1, P->req_state_size);
-	ck_assert_ptr_nonnull(r.state);
-	P->req_init(r.state);
-	r.in = evbuffer_new();
-	r.log = evbuffer_new();
+	req_run_open(&r);
 	while (off < len && !r.closed) {
 		if (split != 0)
 			n = off == 0 ? split : len - off;
@@ -145,12 +164,7 @@ req_run_pieces(const char *data, size_t len, size_t chunk, size_t split,
 		off += n;
 		req_drive(&r, lim);
 	}
-	log_skipped(&r);
-	if (!r.closed && evbuffer_get_length(r.in) > 0)
-		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
-	evbuffer_free(r.in);
-	free(r.state);
-	return r.log;
+	return req_run_close(&r);
 }
 
 static bool
@@ -1508,11 +1522,7 @@ req_run_random_pieces(const char *data, size_t len,
 	struct req_run r;
 	size_t off = 0, n;
 
-	memset(&r, 0, sizeof(r));
-	r.state = calloc(1, P->req_state_size);
-	P->req_init(r.state);
-	r.in = evbuffer_new();
-	r.log = evbuffer_new();
+	req_run_open(&r);
 	while (off < len && !r.closed) {
 		n = 1 + rng(9);
 		if (n > len - off)
@@ -1521,12 +1531,7 @@ req_run_random_pieces(const char *data, size_t len,
 		off += n;
 		req_drive(&r, lim);
 	}
-	log_skipped(&r);
-	if (!r.closed && evbuffer_get_length(r.in) > 0)
-		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
-	evbuffer_free(r.in);
-	free(r.state);
-	return r.log;
+	return req_run_close(&r);
 }
 
 START_TEST(random_requests_split_anywhere_give_the_same_verdicts)
