@@ -190,6 +190,39 @@ apply_log_file(const char *old, const struct config *cfg)
  * new generation: new clients use it, connected clients keep what they had
  * until they leave, pools of addresses that stay keep their connections.
  */
+static bool
+same_string(const char *a, const char *b)
+{
+	return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/*
+ * Settings read once at start: a reload cannot apply them, so it says so
+ * rather than let an operator believe the new file is in force.
+ */
+static void
+warn_restart_only(const struct daemon *d, const struct config *cfg)
+{
+	const struct config *old = d->gen->cfg;
+
+	if (cfg->workers != d->nworkers)
+		log_warn("reload: workers: %u needs a restart; keeping %u",
+		    cfg->workers, d->nworkers);
+	if (!same_string(cfg->control_path, old->control_path))
+		log_warn("reload: a new control path needs a restart; the "
+		    "control socket stays where it is");
+	if (cfg->control_mode != old->control_mode)
+		log_warn("reload: control.mode needs a restart; the control "
+		    "socket keeps mode %04o", (unsigned)old->control_mode);
+	if (cfg->has_metrics != old->has_metrics || (cfg->has_metrics &&
+	    strcmp(cfg->metrics_addr.text, old->metrics_addr.text) != 0))
+		log_warn("reload: metrics.listen needs a restart; the metrics "
+		    "endpoint stays as it is");
+	if (!same_string(cfg->pid_file, old->pid_file))
+		log_warn("reload: pid_file needs a restart; the pid stays in %s",
+		    old->pid_file != NULL ? old->pid_file : "no file");
+}
+
 static int
 reload(struct daemon *d, char *msg, size_t msglen)
 {
@@ -222,14 +255,7 @@ reload(struct daemon *d, char *msg, size_t msglen)
 		notify_send("READY=1");
 		return -1;
 	}
-	if (cfg->workers != d->nworkers)
-		log_warn("reload: workers: %u needs a restart; keeping %u",
-		    cfg->workers, d->nworkers);
-	if ((cfg->control_path == NULL) != (d->gen->cfg->control_path == NULL) ||
-	    (cfg->control_path != NULL &&
-	    strcmp(cfg->control_path, d->gen->cfg->control_path) != 0))
-		log_warn("reload: a new control path needs a restart; the "
-		    "control socket stays where it is");
+	warn_restart_only(d, cfg);
 	struct generation *g = generation_new(cfg, d->gen, err, sizeof(err));
 	if (g == NULL) {
 		log_error("reload failed: %s; still running the previous "

@@ -208,6 +208,30 @@ def reload_changes_server():
     h.poll_until(old_pool_closed, 10, what="the old server's connections to close")
 
 
+@h.test("reload changing restart-only keys: each is kept and named in a warning, the "
+        "rest applies")
+def reload_warns_on_restart_only_keys():
+    r = h.RedisServer()
+    sp = start([r])
+    cfg = json.loads(json.dumps(sp.config))
+    cfg["workers"] = 1
+    cfg["control"]["mode"] = "0660"
+    cfg["pid_file"] = os.path.join(sp.tmp, "other.pid")
+    cfg["upstreams"]["redis"]["pool"]["size"] = 3
+    write_config(sp, cfg)
+    code, out, _ = ctl(sp, "reload")
+    assert code == 0, out
+    log = sp.log_text()
+    for key in ("workers: 1 needs a restart", "control.mode needs a restart",
+                "pid_file needs a restart"):
+        assert key in log, "no warning for %r:\n%s" % (key, sp.log_tail())
+    code, out, _ = ctl(sp, "--json", "config")
+    assert json.loads(out)["upstreams"][0]["pool"]["size"] == 3, out
+    mode = os.stat(sp.config["control"]["path"]).st_mode & 0o777
+    assert mode == 0o600, "control socket mode changed to %o" % mode
+    assert not os.path.exists(cfg["pid_file"])
+
+
 @h.test("systemd hears RELOADING=1 then READY=1 around a reload")
 def reload_notifies_systemd():
     r = h.RedisServer()
