@@ -6,6 +6,7 @@
 #include "metrics.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 
 #define FOREACH_SERVER(cfg, u, s, i)					\
@@ -31,50 +32,92 @@ server_labels(struct evbuffer *out, const struct config *cfg, size_t u,
 	    cfg->upstreams[u].name, cfg->upstreams[u].servers[s].addr.text);
 }
 
-/* A per-server counter or gauge taken from the merged pool snapshot. */
-static void
-server_metric(struct evbuffer *out, const struct config *cfg,
-    const struct worker_snapshot *snaps, unsigned n, const char *name,
-    const char *type, const char *help,
-    unsigned long long (*get)(const struct pool_snapshot *, unsigned))
+/*
+ * The per-server counters and gauges, as data: each is a field of the
+ * pool snapshot merged over the workers (server_up is computed).
+ */
+enum metric_value { MV_U64, MV_UNSIGNED, MV_UP };
+
+struct server_metric {
+	const char *name;
+	const char *type;
+	const char *help;
+	enum metric_value value;
+	size_t off;             /* in struct pool_snapshot */
+};
+
+#define COUNTER(n, h, f) \
+	{ n, "counter", h, MV_U64, offsetof(struct pool_snapshot, stats.f) }
+
+static const struct server_metric server_metrics[] = {
+	{ "server_up", "gauge", "1 when no worker considers the server down.",
+	    MV_UP, 0 },
+	COUNTER("server_requests_total", "Requests sent to the server.",
+	    requests),
+	COUNTER("server_replies_total", "Replies read from the server.",
+	    replies),
+	COUNTER("server_errors_total", "Requests answered with a sidepool "
+	    "error (connection lost, timeout).", errors),
+	COUNTER("server_fast_failures_total", "Requests refused at once "
+	    "because the server was down.", fast_failures),
+	COUNTER("server_bytes_sent_total", "Bytes written to the server.",
+	    bytes_sent),
+	COUNTER("server_bytes_received_total", "Bytes read from the server.",
+	    bytes_received),
+	COUNTER("server_connections_opened_total", "Connections opened to "
+	    "the server.", opened),
+	COUNTER("server_probes_total", "Health probes sent on idle "
+	    "connections.", probes),
+	COUNTER("server_marked_down_total", "Times a worker marked the "
+	    "server down.", marked_down),
+	COUNTER("server_sessions_total", "Connections given to one client "
+	    "for a session (MULTI, SUBSCRIBE, blocking commands).", sessions),
+	COUNTER("server_sessions_queued_total", "Sessions that waited in the "
+	    "pool's queue for a connection.", queued),
+	COUNTER("server_sessions_refused_total", "Sessions refused: every "
+	    "connection was in use.", exhausted),
+	{ "server_requests_in_flight", "gauge", "Requests waiting for the "
+	    "server's reply.", MV_UNSIGNED,
+	    offsetof(struct pool_snapshot, inflight) },
+};
+
+static unsigned long long
+metric_value(const struct server_metric *sm, const struct pool_snapshot *m,
+    unsigned down)
 {
-	family(out, name, type, help);
-	FOREACH_SERVER(cfg, u, s, i) {
-		struct pool_snapshot m;
-		unsigned down;
-		stats_merge_pool(snaps, n, i, &m, &down);
-		evbuffer_add_printf(out, "sidepool_%s{", name);
-		server_labels(out, cfg, u, s);
-		evbuffer_add_printf(out, "} %llu\n", get(&m, down));
+	const char *p = (const char *)m + sm->off;
+
+	switch (sm->value) {
+	case MV_U64:
+		return *(const uint64_t *)(const void *)p;
+	case MV_UNSIGNED:
+		return *(const unsigned *)(const void *)p;
+	case MV_UP:
+		break;
 	}
+	return down == 0;
 }
 
-static unsigned long long get_requests(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.requests; }
-static unsigned long long get_replies(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.replies; }
-static unsigned long long get_errors(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.errors; }
-static unsigned long long get_fast(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.fast_failures; }
-static unsigned long long get_sent(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.bytes_sent; }
-static unsigned long long get_received(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.bytes_received; }
-static unsigned long long get_opened(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.opened; }
-static unsigned long long get_probes(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.probes; }
-static unsigned long long get_marked(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.marked_down; }
-static unsigned long long get_sessions(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.sessions; }
-static unsigned long long get_exhausted(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->stats.exhausted; }
-static unsigned long long get_inflight(const struct pool_snapshot *m,
-    unsigned d) { (void)d; return m->inflight; }
-static unsigned long long get_up(const struct pool_snapshot *m,
-    unsigned d) { (void)m; return d == 0; }
+static void
+format_server_metrics(struct evbuffer *out, const struct config *cfg,
+    const struct worker_snapshot *snaps, unsigned n)
+{
+	for (size_t k = 0; k < sizeof(server_metrics) /
+	    sizeof(server_metrics[0]); k++) {
+		const struct server_metric *sm = &server_metrics[k];
+
+		family(out, sm->name, sm->type, sm->help);
+		FOREACH_SERVER(cfg, u, s, i) {
+			struct pool_snapshot m;
+			unsigned down;
+			stats_merge_pool(snaps, n, i, &m, &down);
+			evbuffer_add_printf(out, "sidepool_%s{", sm->name);
+			server_labels(out, cfg, u, s);
+			evbuffer_add_printf(out, "} %llu\n",
+			    metric_value(sm, &m, down));
+		}
+	}
+}
 
 static void
 format_connections(struct evbuffer *out, const struct config *cfg,
@@ -196,36 +239,7 @@ metrics_format(struct evbuffer *out, const struct config *cfg,
     const struct worker_snapshot *snaps, unsigned n)
 {
 	format_clients(out, snaps, n);
-	server_metric(out, cfg, snaps, n, "server_up", "gauge",
-	    "1 when no worker considers the server down.", get_up);
-	server_metric(out, cfg, snaps, n, "server_requests_total", "counter",
-	    "Requests sent to the server.", get_requests);
-	server_metric(out, cfg, snaps, n, "server_replies_total", "counter",
-	    "Replies read from the server.", get_replies);
-	server_metric(out, cfg, snaps, n, "server_errors_total", "counter",
-	    "Requests answered with a sidepool error (connection lost, "
-	    "timeout).", get_errors);
-	server_metric(out, cfg, snaps, n, "server_fast_failures_total",
-	    "counter", "Requests refused at once because the server was down.",
-	    get_fast);
-	server_metric(out, cfg, snaps, n, "server_bytes_sent_total", "counter",
-	    "Bytes written to the server.", get_sent);
-	server_metric(out, cfg, snaps, n, "server_bytes_received_total",
-	    "counter", "Bytes read from the server.", get_received);
-	server_metric(out, cfg, snaps, n, "server_connections_opened_total",
-	    "counter", "Connections opened to the server.", get_opened);
-	server_metric(out, cfg, snaps, n, "server_probes_total", "counter",
-	    "Health probes sent on idle connections.", get_probes);
-	server_metric(out, cfg, snaps, n, "server_marked_down_total",
-	    "counter", "Times a worker marked the server down.", get_marked);
-	server_metric(out, cfg, snaps, n, "server_sessions_total", "counter",
-	    "Connections given to one client for a session (MULTI, SUBSCRIBE, "
-	    "blocking commands).", get_sessions);
-	server_metric(out, cfg, snaps, n, "server_sessions_refused_total",
-	    "counter", "Sessions refused: every connection was in use.",
-	    get_exhausted);
-	server_metric(out, cfg, snaps, n, "server_requests_in_flight", "gauge",
-	    "Requests waiting for the server's reply.", get_inflight);
+	format_server_metrics(out, cfg, snaps, n);
 	format_connections(out, cfg, snaps, n);
 	format_latency(out, cfg, snaps, n);
 }

@@ -277,6 +277,19 @@ rotate(struct pool *p, enum backend_state s)
 	return b;
 }
 
+/* A server marked down fails requests at once rather than each waiting
+ * for its own connect to time out. */
+static bool
+fail_fast(struct pool *p, char *err, size_t errlen)
+{
+	if (!p->down)
+		return false;
+	p->stats.fast_failures++;
+	snprintf(err, errlen, "server %s down (%s)", p->server->addr.text,
+	    p->last_error);
+	return true;
+}
+
 /*
  * A connection for one more multiplexed request, or NULL with the reason
  * in err. Prefer reuse over new connections: a few deep pipelines cost the
@@ -288,12 +301,8 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 {
 	struct backend *b;
 
-	if (p->down) {
-		p->stats.fast_failures++;
-		snprintf(err, errlen, "server %s down (%s)",
-		    p->server->addr.text, p->last_error);
+	if (fail_fast(p, err, errlen))
 		return NULL;
-	}
 	if ((b = TAILQ_FIRST(&p->lists[BACKEND_IDLE])) != NULL) {
 		pool_set_state(b, BACKEND_ACTIVE, now);
 		return b;
@@ -332,12 +341,8 @@ pool_acquire_dedicated(struct pool *p, uint64_t now, char *err, size_t errlen)
 {
 	struct backend *b;
 
-	if (p->down) {
-		p->stats.fast_failures++;
-		snprintf(err, errlen, "server %s down (%s)",
-		    p->server->addr.text, p->last_error);
+	if (fail_fast(p, err, errlen))
 		return NULL;
-	}
 	if ((b = TAILQ_FIRST(&p->lists[BACKEND_IDLE])) != NULL) {
 		pool_set_state(b, BACKEND_DEDICATED, now);
 		return b;
