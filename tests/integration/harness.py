@@ -547,21 +547,14 @@ def _short(values, limit=300):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class RespClient:
-    """A RESP client over one socket (TCP or unix). Every read has a
-    deadline: a hung proxy fails the test instead of hanging it.
-
-        c = RespClient("127.0.0.1:7000")       # or "unix:/path", (host, port)
-        c.call("SET", "k", "v") -> "OK"
-        c.pipeline([("GET", "k"), ("PING",)]) -> [b"v", "PONG"]
-    Error replies are returned (as Error), not raised; call_ok() raises.
-    """
+class SockClient:
+    """One socket (TCP or unix) to addr, closed on leaving a with-block;
+    timeout (scaled) bounds every send and read."""
 
     def __init__(self, addr, timeout=5.0, sock=None):
         self.addr = addr
         self.timeout = scale(timeout)
         self.sock = sock if sock is not None else connect(addr, self.timeout)
-        self.reader = RespReader()
 
     def close(self):
         try:
@@ -578,6 +571,21 @@ class RespClient:
     def send(self, data):
         self.sock.settimeout(self.timeout)
         self.sock.sendall(data)
+
+
+class RespClient(SockClient):
+    """A RESP client over one socket (TCP or unix). Every read has a
+    deadline: a hung proxy fails the test instead of hanging it.
+
+        c = RespClient("127.0.0.1:7000")       # or "unix:/path", (host, port)
+        c.call("SET", "k", "v") -> "OK"
+        c.pipeline([("GET", "k"), ("PING",)]) -> [b"v", "PONG"]
+    Error replies are returned (as Error), not raised; call_ok() raises.
+    """
+
+    def __init__(self, addr, timeout=5.0, sock=None):
+        super().__init__(addr, timeout, sock)
+        self.reader = RespReader()
 
     def send_command(self, *args):
         self.send(encode(*args))
@@ -811,10 +819,9 @@ class _Proc:
                 pass
 
 
-class RedisServer(_Proc):
-    """A real redis-server on a loopback port of its own."""
-
-    name = "redis"
+class _Server(_Proc):
+    """A real server on a loopback port of its own: a free port is picked
+    (again, when another process took it first), or the one given is kept."""
 
     def __init__(self, extra_args=(), port=None, start=True):
         super().__init__()
@@ -834,30 +841,18 @@ class RedisServer(_Proc):
         for attempt in range(attempts):
             if self.port is None or (attempt > 0 and not self._fixed_port):
                 self.port = free_port()
-            argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "no", "--daemonize", "no",
-                    "--dir", self.tmp] + self.extra_args
-            self.proc = _spawn(argv, self.log_path)
+            self.proc = _spawn(self._argv() + self.extra_args, self.log_path)
             try:
-                poll_until(self._ready, timeout, what="redis-server on port %d" % self.port)
+                poll_until(self._ready, timeout, what="%s on port %d" % (self.name, self.port))
                 return self
             except AssertionError:
                 exited = not self.alive()
                 self.kill()
-                if exited and "in use" in self.log_text() and attempt + 1 < attempts:
+                if exited and attempt + 1 < attempts:
                     continue
-                raise AssertionError("redis-server did not start on port %d:\n%s" % (
-                    self.port, self.log_tail(10)))
+                raise AssertionError("%s did not start on port %d:\n%s" % (
+                    self.name, self.port, self.log_tail(10)))
         return self
-
-    def _ready(self):
-        if not self.alive():
-            raise AssertionError("redis-server exited with %s" % self.proc.returncode)
-        try:
-            with RespClient(self.addr, timeout=1.0) as c:
-                return c.call("PING") == "PONG"
-        except OSError:
-            return False
 
     def restart(self, timeout=10.0):
         """Start again on the same port (after kill() or stop())."""
@@ -872,6 +867,26 @@ class RedisServer(_Proc):
             except AssertionError:
                 if time.monotonic() >= deadline:
                     raise
+
+
+class RedisServer(_Server):
+    """A real redis-server on a loopback port of its own."""
+
+    name = "redis"
+
+    def _argv(self):
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--dir", self.tmp]
+
+    def _ready(self):
+        if not self.alive():
+            raise AssertionError("redis-server exited with %s" % self.proc.returncode)
+        try:
+            with RespClient(self.addr, timeout=1.0) as c:
+                return c.call("PING") == "PONG"
+        except OSError:
+            return False
 
     def client(self, timeout=5.0):
         """A direct connection, bypassing sidepool."""
@@ -906,45 +921,16 @@ class RedisServer(_Proc):
         return out
 
 
-class Memcached(_Proc):
+class Memcached(_Server):
     """A real memcached on a loopback port of its own."""
 
     name = "memcached"
 
-    def __init__(self, extra_args=(), port=None, start=True):
-        super().__init__()
-        self.extra_args = list(extra_args)
-        self.port = port
-        self._fixed_port = port is not None
-        _register(self)
-        if start:
-            self.start()
-
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def start(self, timeout=10.0):
-        attempts = 1 if self._fixed_port else 5
-        for attempt in range(attempts):
-            if self.port is None or (attempt > 0 and not self._fixed_port):
-                self.port = free_port()
-            argv = ["memcached", "-p", str(self.port), "-l", "127.0.0.1", "-U", "0"]
-            if os.geteuid() == 0:
-                argv += ["-u", "root"]
-            argv += self.extra_args
-            self.proc = _spawn(argv, self.log_path)
-            try:
-                poll_until(self._ready, timeout, what="memcached on port %d" % self.port)
-                return self
-            except AssertionError:
-                exited = not self.alive()
-                self.kill()
-                if exited and attempt + 1 < attempts:
-                    continue
-                raise AssertionError("memcached did not start on port %d:\n%s" % (
-                    self.port, self.log_tail(10)))
-        return self
+    def _argv(self):
+        argv = ["memcached", "-p", str(self.port), "-l", "127.0.0.1", "-U", "0"]
+        if os.geteuid() == 0:
+            argv += ["-u", "root"]
+        return argv
 
     def _ready(self):
         if not self.alive():
@@ -964,18 +950,6 @@ class Memcached(_Proc):
             return data.startswith(b"VERSION")
         finally:
             s.close()
-
-    def restart(self, timeout=10.0):
-        if self.alive():
-            self.stop()
-        self._fixed_port = True
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.start(timeout=max(1.0, deadline - time.monotonic()))
-            except AssertionError:
-                if time.monotonic() >= deadline:
-                    raise
 
 
 def redis_cli(args, timeout=10.0, input=None):

@@ -121,30 +121,12 @@ def pause(server):
 # --------------------------------------------------------------------------
 # A raw memcached text-protocol client
 
-class Mc:
+class Mc(h.SockClient):
     """One socket; every read has a deadline."""
 
     def __init__(self, addr, timeout=5.0):
-        self.addr = addr
-        self.timeout = h.scale(timeout)
-        self.sock = h.connect(addr, self.timeout)
+        super().__init__(addr, timeout)
         self.buf = b""
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-
-    def send(self, data):
-        self.sock.settimeout(self.timeout)
-        self.sock.sendall(data)
 
     def _recv(self, deadline):
         """More bytes into buf; False at EOF/reset; raises TimeoutError."""
