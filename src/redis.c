@@ -3,6 +3,11 @@
  * what sidepool answers itself (PING, ECHO, QUIT), what it refuses, and its
  * own errors in Redis's words. Parsing proper is resp.c; which command is
  * which is command.c.
+ *
+ * The request limits give the same answer however TCP cut the bytes: a
+ * request is judged on its first max_request_size + 1 bytes and an inline
+ * line on the bytes before its "\n", whether they came in one read or in
+ * many (client.c only ever sees a verdict).
  */
 #include <ctype.h>
 #include <stdarg.h>
@@ -21,6 +26,7 @@ struct redis_req_state {
 	struct resp_req_parser p;
 	size_t off;  /* bytes of the current request already fed */
 	bool mid;    /* a request has been started */
+	size_t line_seen; /* bytes of an inline line searched for its "\n" */
 	struct redis_session session;
 };
 
@@ -77,6 +83,18 @@ add_error(struct evbuffer *out, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
+static void error_reply(struct evbuffer *out, uint32_t pflags,
+    const char *msg);
+
+/* client.c's words for an incomplete request that outgrew the limit, so
+ * that the client cannot tell which of the two refused it. */
+static enum proto_verdict
+refuse_too_large(struct reqinfo *ri)
+{
+	error_reply(ri->reply, 0, "request larger than max_request_size");
+	return PV_ERROR_CLOSE;
+}
+
 static void
 add_bulk(struct evbuffer *out, const char *s, size_t len)
 {
@@ -85,14 +103,19 @@ add_bulk(struct evbuffer *out, const char *s, size_t len)
 	evbuffer_add(out, "\r\n", 2);
 }
 
-/* Feed the parser the bytes of `in` it has not seen yet. */
+/*
+ * Feed the parser the bytes of `in` it has not seen yet, but never more
+ * than max + 1 of one request: arriving in pieces, a request is refused
+ * as soon as max + 1 bytes of it wait, so whatever follows them (a parse
+ * error, the end of the request) must not decide when they arrive at once.
+ */
 static enum resp_status
 feed_request(struct redis_req_state *st, struct evbuffer *in,
-    const struct resp_limits *rl)
+    const struct resp_limits *rl, uint64_t max)
 {
 	enum resp_status s = RESP_NEED_MORE;
 
-	while (st->off < evbuffer_get_length(in)) {
+	while (st->off < evbuffer_get_length(in) && st->off <= max) {
 		struct evbuffer_ptr pos;
 		struct evbuffer_iovec v[PEEK_VECS];
 		int n;
@@ -106,11 +129,13 @@ feed_request(struct redis_req_state *st, struct evbuffer *in,
 		if (n > PEEK_VECS)
 			n = PEEK_VECS;
 		for (int i = 0; i < n; i++) {
-			size_t used = 0;
-			s = resp_req_feed(&st->p, rl, v[i].iov_base,
-			    v[i].iov_len, &used);
+			size_t used = 0, len = v[i].iov_len;
+			if (len > max - st->off)
+				len = (size_t)(max - st->off) + 1;
+			s = resp_req_feed(&st->p, rl, v[i].iov_base, len,
+			    &used);
 			st->off += used;
-			if (s != RESP_NEED_MORE)
+			if (s != RESP_NEED_MORE || len < v[i].iov_len)
 				return s;
 		}
 	}
@@ -118,27 +143,59 @@ feed_request(struct redis_req_state *st, struct evbuffer *in,
 }
 
 /*
- * An inline command ("SET k v\r\n", as typed in telnet) becomes multibulk
- * at the head of the buffer, so the server sees exactly the arguments we
- * parsed and never its own idea of the quoting.
+ * The limits of an inline line, on the `seen` bytes before its "\n"
+ * (whole: the "\n" has come too, and counts for max_request_size).
+ * Arriving in pieces, a line too long for both limits meets the smaller
+ * one first (the line limit when they are equal), so that one speaks
+ * when it arrives at once too. PV_FORWARD: whole and within both.
  */
 static enum proto_verdict
-convert_inline(struct evbuffer *in, const struct cfg_limits *lim,
+check_inline(size_t seen, bool whole, const struct cfg_limits *lim,
     struct reqinfo *ri)
 {
-	size_t eol_len;
-	struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len,
-	    EVBUFFER_EOL_LF);
-
-	if (eol.pos < 0) {
-		if (evbuffer_get_length(in) > lim->max_line_length) {
-			add_error(ri->reply, "Protocol error: %s",
-			    "too big inline request");
-			return PV_ERROR_CLOSE;
-		}
-		return PV_NEED_MORE;
+	if (seen > lim->max_request_size &&
+	    lim->max_request_size < lim->max_line_length)
+		return refuse_too_large(ri);
+	if (seen > lim->max_line_length) {
+		add_error(ri->reply, "Protocol error: %s",
+		    "too big inline request");
+		return PV_ERROR_CLOSE;
 	}
+	if (whole && seen + 1 > lim->max_request_size)
+		return refuse_too_large(ri);
+	return whole ? PV_FORWARD : PV_NEED_MORE;
+}
+
+/*
+ * An inline command ("SET k v\r\n", as typed in telnet) becomes multibulk
+ * at the head of the buffer, so the server sees exactly the arguments we
+ * parsed and never its own idea of the quoting. The line limits are
+ * checked here, before the rewrite: once rewritten (and perhaps waiting,
+ * PV_WAIT) it is a multibulk request like any other, bound only by
+ * max_request_size.
+ */
+static enum proto_verdict
+convert_inline(struct redis_req_state *st, struct evbuffer *in,
+    const struct cfg_limits *lim, struct reqinfo *ri)
+{
+	size_t avail = evbuffer_get_length(in), eol_len;
+	struct evbuffer_ptr from, eol;
+
+	/* Search only the bytes not searched yet: a line trickling in a
+	 * byte per read would cost O(n^2) otherwise. */
+	if (st->line_seen > avail)
+		st->line_seen = 0;
+	evbuffer_ptr_set(in, &from, st->line_seen, EVBUFFER_PTR_SET);
+	eol = evbuffer_search_eol(in, &from, &eol_len, EVBUFFER_EOL_LF);
+	if (eol.pos < 0) {
+		st->line_seen = avail;
+		return check_inline(avail, false, lim, ri);
+	}
+	st->line_seen = 0;
 	size_t linelen = (size_t)eol.pos;
+	enum proto_verdict v = check_inline(linelen, true, lim, ri);
+	if (v != PV_FORWARD)
+		return v;
 	const char *line = (const char *)evbuffer_pullup(in,
 	    (ev_ssize_t)(linelen + eol_len));
 	size_t textlen = linelen > 0 && line[linelen - 1] == '\r' ?
@@ -148,7 +205,6 @@ convert_inline(struct evbuffer *in, const struct cfg_limits *lim,
 	char *buf = malloc(textlen + 1);
 	const char **argv = malloc(sizeof(*argv) * ((size_t)max_args + 1));
 	size_t *argvlen = malloc(sizeof(*argvlen) * ((size_t)max_args + 1));
-	enum proto_verdict v = PV_FORWARD;
 
 	if (buf == NULL || argv == NULL || argvlen == NULL) {
 		add_error(ri->reply, "%s", "sidepool: out of memory");
@@ -223,7 +279,8 @@ parse_request(void *state, struct evbuffer *in, const struct cfg_limits *lim,
 		if (evbuffer_peek(in, 1, NULL, &head, 1) < 1 || head.iov_len == 0)
 			return PV_NEED_MORE;
 		if (*(const char *)head.iov_base != '*') {
-			enum proto_verdict v = convert_inline(in, lim, ri);
+			enum proto_verdict v = convert_inline(st, in, lim,
+			    ri);
 			if (v != PV_FORWARD)
 				return v;
 		}
@@ -231,15 +288,23 @@ parse_request(void *state, struct evbuffer *in, const struct cfg_limits *lim,
 		st->mid = true;
 	}
 	to_resp_limits(lim, &rl);
-	switch (feed_request(st, in, &rl)) {
+	switch (feed_request(st, in, &rl, lim->max_request_size)) {
 	case RESP_NEED_MORE:
-		return PV_NEED_MORE;
+		if (st->off <= lim->max_request_size)
+			return PV_NEED_MORE;
+		st->mid = false;
+		return refuse_too_large(ri);
 	case RESP_ERROR:
 		add_error(ri->reply, "Protocol error: %s", st->p.err);
 		st->mid = false;
 		return PV_ERROR_CLOSE;
 	case RESP_OK:
 		break;
+	}
+	/* Before it is dispatched: a refused MULTI must not open one. */
+	if (st->off > lim->max_request_size) {
+		st->mid = false;
+		return refuse_too_large(ri);
 	}
 	ri->len = st->off;
 	enum proto_verdict v = classify(st, in, ri);

@@ -678,5 +678,52 @@ def max_pending():
 # max_output; it is kept out until it is made reliable (see docs/SOAK.md).
 
 
+# --------------------------------------------------------------------------
+# 7. Redis limits do not depend on how the bytes arrive (fuzz findings K1,
+#    K2): a request over max_request_size or an inline line over
+#    max_line_length gets the same error and close in one write as when
+#    its first part, already over the limit, arrives alone.
+
+@h.test("redis, max_request_size 1k, max_line_length 100: a 2000-byte SET and a 150-byte "
+        "inline line in one write get the same one -ERR line and close as in two writes; "
+        "the server never sees them, and requests just under the limits are served",
+        timeout=30)
+def redis_limits_whole_or_in_pieces():
+    r = h.RedisServer()
+    cfg = h.redis_config([r], workers=1, pool=NO_PROBES,
+                         upstream_extra={"limits": {"max_request_size": "1k",
+                                                    "max_line_length": 100}})
+    sp = Daemon(cfg)
+    cases = [
+        ("multibulk", lambda k: h.encode("SET", k, b"v" * 1960), 1500,
+         b"-ERR sidepool: request larger than max_request_size\r\n"),
+        ("inline", lambda k: b"SET " + k.encode() + b" " + b"w" * 140 + b"\r\n", 120,
+         b"-ERR Protocol error: too big inline request\r\n"),
+    ]
+    for what, make, first, want in cases:
+        got = {}
+        for how in ("one write", "two writes"):
+            key = "%s-%s" % (what, how.replace(" ", "-"))
+            data = make(key)
+            with sp.client(timeout=10) as c:
+                # in two writes the first is over the limit already: the
+                # daemon refuses before the rest is sent
+                c.sock.sendall(data if how == "one write" else data[:first])
+                got[how] = c.read_raw(timeout=5)
+            h.diag("%s of %d bytes in %s: %r" % (what, len(data), how, got[how]))
+            assert got[how] == (want, True), \
+                "%s in %s: want %r and the close, got %r" % (what, how, want, got[how])
+            assert r.call("EXISTS", key) == 0, "the refused %s reached the server" % what
+        assert got["one write"] == got["two writes"], got
+    with sp.client() as c:
+        v = b"u" * 900
+        assert c.call("SET", "under", v) == "OK"
+        c.send(b"SET inline " + b"i" * 80 + b"\r\n")
+        assert c.read_reply() == "OK"
+    assert r.call("GET", "under") == v
+    assert r.call("GET", "inline") == b"i" * 80
+    assert sp.alive()
+
+
 if __name__ == "__main__":
     h.run()

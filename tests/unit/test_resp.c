@@ -1,13 +1,19 @@
 /*
  * test_resp.c - the RESP parsers: requests as redis-server takes them
  * (with its error texts), every reply type of RESP2 and RESP3, input split
- * at every byte, pipelining, limits, inline splitting and resp_argv.
+ * at every byte, pipelining, limits, inline splitting and resp_argv; and
+ * the request limits of the Redis protocol table (redis.c), which must not
+ * depend on how TCP cut the bytes.
  */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
+#include "config.h"
+#include "proto.h"
 #include "resp.h"
 
 #define S(x) x, sizeof(x) - 1
@@ -925,6 +931,243 @@ START_TEST(argv_agrees_with_the_feed_parser)
 }
 END_TEST
 
+/* ------------------------------------------------------------------ */
+/* The protocol table's limits, whole or in pieces                    */
+/* ------------------------------------------------------------------ */
+
+static const struct proto *const RP = &redis_proto;
+
+/* The daemon's defaults but for the limits given (0: the default). */
+static struct cfg_upstream
+upstream_with(uint64_t max_request_size, uint64_t max_line_length)
+{
+	struct cfg_upstream up;
+
+	memset(&up, 0, sizeof(up));
+	up.name = (char *)"t";
+	up.protocol = PROTO_REDIS;
+	up.databases = 16;
+	up.limits.max_request_size = max_request_size;
+	up.limits.max_line_length = max_line_length;
+	RP->default_limits(&up.limits);
+	return up;
+}
+
+/*
+ * The bytes of one client, fed as client.c's process_input takes them:
+ * "F<len>|" forwarded, "L:<reply>|" answered here, "S<len>|" skipped,
+ * "W|" waited (the replies of what is in flight then arrive), "X:<reply>|"
+ * closed, "N<n>" n bytes waiting for more. An incomplete request over
+ * max_request_size is the protocol's to refuse, not left to client.c.
+ */
+struct table_run {
+	const struct cfg_upstream *up;
+	void *state;
+	struct evbuffer *in, *log;
+	size_t inflight;
+	bool closed;
+};
+
+static void
+table_drive(struct table_run *r)
+{
+	while (!r->closed && evbuffer_get_length(r->in) > 0) {
+		struct evbuffer *reply = evbuffer_new();
+		struct reqinfo ri;
+		enum proto_verdict v;
+
+		memset(&ri, 0, sizeof(ri));
+		ri.reply = reply;
+		ri.upstream = r->up;
+		ri.can_switch = r->inflight == 0;
+		v = RP->parse_request(r->state, r->in, &r->up->limits, &ri);
+		switch (v) {
+		case PV_NEED_MORE:
+			ck_assert_msg(evbuffer_get_length(r->in) <=
+			    r->up->limits.max_request_size, "%zu bytes "
+			    "waiting, max_request_size %llu: left to client.c",
+			    evbuffer_get_length(r->in), (unsigned long long)
+			    r->up->limits.max_request_size);
+			evbuffer_free(reply);
+			return;
+		case PV_FORWARD:
+			evbuffer_add_printf(r->log, "F%zu|", ri.len);
+			evbuffer_drain(r->in, ri.len);
+			r->inflight++;
+			break;
+		case PV_LOCAL:
+			evbuffer_add(r->log, "L:", 2);
+			evbuffer_add_buffer(r->log, reply);
+			evbuffer_add(r->log, "|", 1);
+			evbuffer_drain(r->in, ri.len);
+			break;
+		case PV_SKIP:
+			evbuffer_add_printf(r->log, "S%zu|", ri.len);
+			evbuffer_drain(r->in, ri.len);
+			break;
+		case PV_WAIT:
+			ck_assert_uint_gt(r->inflight, 0);
+			evbuffer_add(r->log, "W|", 2);
+			for (; r->inflight > 0; r->inflight--) {
+				struct evbuffer *ok = evbuffer_new();
+
+				evbuffer_add(ok, "+OK\r\n", 5);
+				RP->reply_seen(r->state, 0, ok, 5);
+				evbuffer_free(ok);
+			}
+			break;
+		case PV_LOCAL_CLOSE:
+		case PV_ERROR_CLOSE:
+			evbuffer_add(r->log, "X:", 2);
+			evbuffer_add_buffer(r->log, reply);
+			evbuffer_add(r->log, "|", 1);
+			r->closed = true;
+			break;
+		}
+		evbuffer_free(reply);
+	}
+}
+
+/* data in pieces of chunk bytes (0: one piece); the transcript, as a
+ * string the caller frees. */
+static char *
+table_run(const struct cfg_upstream *up, const char *data, size_t len,
+    size_t chunk)
+{
+	struct table_run r = { .up = up };
+	size_t off = 0, n;
+	char *out;
+
+	r.state = calloc(1, RP->req_state_size);
+	r.in = evbuffer_new();
+	r.log = evbuffer_new();
+	RP->req_init(r.state);
+	while (off < len && !r.closed) {
+		n = chunk == 0 || len - off < chunk ? len - off : chunk;
+		evbuffer_add(r.in, data + off, n);
+		off += n;
+		table_drive(&r);
+	}
+	if (!r.closed && evbuffer_get_length(r.in) > 0)
+		evbuffer_add_printf(r.log, "N%zu", evbuffer_get_length(r.in));
+	n = evbuffer_get_length(r.log);
+	out = malloc(n + 1);
+	evbuffer_remove(r.log, out, n);
+	out[n] = '\0';
+	RP->req_free(r.state);
+	free(r.state);
+	evbuffer_free(r.in);
+	evbuffer_free(r.log);
+	return out;
+}
+
+/* One piece, one byte at a time and in 2..7-byte pieces: all say want. */
+static void
+check_table(const struct cfg_upstream *up, const char *in, const char *want)
+{
+	for (size_t chunk = 0; chunk < 8; chunk++) {
+		char *got = table_run(up, in, strlen(in), chunk);
+
+		ck_assert_msg(strcmp(got, want) == 0, "pieces of %zu (0: one "
+		    "piece) of \"%s\":\n  got  %s\n  want %s", chunk, in, got,
+		    want);
+		free(got);
+	}
+}
+
+/* client.c's words for an incomplete request over the limit. */
+#define X_TOO_LARGE \
+	"X:-ERR sidepool: request larger than max_request_size\r\n|"
+#define X_TOO_LONG "X:-ERR Protocol error: too big inline request\r\n|"
+
+START_TEST(request_over_max_request_size_is_refused_whole_or_in_pieces)
+{
+	struct cfg_upstream up = upstream_with(16, 0);
+
+	/* K1: forwarded when it came in one read */
+	check_table(&up, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n",
+	    X_TOO_LARGE);
+	/* answered here when whole (the fuzzer's input) */
+	check_table(&up, "*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n", X_TOO_LARGE);
+	/* a request that fits still goes, and the next one is refused */
+	check_table(&up, "*1\r\n$3\r\nGET\r\n*2\r\n$3\r\nGET\r\n$2\r\nkk\r\n",
+	    "F13|" X_TOO_LARGE);
+}
+END_TEST
+
+START_TEST(request_of_exactly_max_request_size_is_served)
+{
+	/* "*1\r\n$4\r\nPING\r\n" is 14 bytes */
+	struct cfg_upstream at = upstream_with(14, 0);
+	struct cfg_upstream under = upstream_with(13, 0);
+
+	check_table(&at, "*1\r\n$4\r\nPING\r\n", "L:+PONG\r\n|");
+	check_table(&under, "*1\r\n$4\r\nPING\r\n", X_TOO_LARGE);
+}
+END_TEST
+
+START_TEST(request_error_past_max_request_size_is_the_size)
+{
+	struct cfg_upstream up = upstream_with(16, 0);
+
+	/* In pieces, the client is closed once 17 bytes wait, before the
+	 * bad header after them is read: whole, the same. */
+	check_table(&up, "*2\r\n$10\r\n0123456789\r\nx\r\n", X_TOO_LARGE);
+	/* A bad header within the limit is the protocol error. */
+	check_table(&up, "*2\r\nx\r\n", "X:-ERR Protocol error: expected "
+	    "'$', got 'x'\r\n|");
+}
+END_TEST
+
+START_TEST(inline_line_over_max_line_length_is_refused_whole)
+{
+	struct cfg_upstream up = upstream_with(0, 8);
+
+	/* K2: 9 bytes before the "\n", served when they came at once */
+	check_table(&up, "PING abc\r\n", X_TOO_LONG);
+	check_table(&up, "PING abcdef\r\n", X_TOO_LONG);
+	/* 8 bytes with the "\r" are within the limit */
+	check_table(&up, "PING ab\r\n", "L:$2\r\nab\r\n|");
+	check_table(&up, "PING abc\n", "L:$3\r\nabc\r\n|");
+	/* after a good line, a long one */
+	check_table(&up, "PING\r\nPING abcdef\r\n", "L:+PONG\r\n|" X_TOO_LONG);
+	/* an empty line is a line too */
+	check_table(&up, "         \r\n", X_TOO_LONG);
+}
+END_TEST
+
+START_TEST(inline_line_meets_the_smaller_limit_first)
+{
+	/* In pieces a line without its "\n" passes the smaller limit first;
+	 * whole, it must get the same answer. */
+	struct cfg_upstream req_smaller = upstream_with(8, 10);
+	struct cfg_upstream line_smaller = upstream_with(10, 8);
+	struct cfg_upstream equal = upstream_with(8, 8);
+
+	check_table(&req_smaller, "xxxxxxxxxxx", X_TOO_LARGE);
+	check_table(&req_smaller, "PING abcd\n", X_TOO_LARGE);
+	check_table(&req_smaller, "PING abcdefgh\n", X_TOO_LARGE);
+	check_table(&line_smaller, "xxxxxxxxxxx", X_TOO_LONG);
+	check_table(&line_smaller, "PING abcdefgh\n", X_TOO_LONG);
+	check_table(&equal, "PING abcdefgh\n", X_TOO_LONG);
+	/* 8 bytes and the "\n" are 9, one over max_request_size */
+	check_table(&equal, "PING abc\n", X_TOO_LARGE);
+	/* and an unfinished line within both limits waits */
+	check_table(&req_smaller, "PING abc", "N8");
+}
+END_TEST
+
+START_TEST(inline_line_rewritten_then_waiting_is_served_after_the_wait)
+{
+	/* BLPOP needs the client's own connection: with the GET in flight
+	 * it waits, rewritten to multibulk already (longer than the line
+	 * limit); when it is parsed again only the line counted. */
+	struct cfg_upstream up = upstream_with(0, 10);
+
+	check_table(&up, "GET a\r\nBLPOP k 0\r\n", "F20|W|F29|");
+}
+END_TEST
+
 static Suite *
 resp_suite(void)
 {
@@ -963,6 +1206,17 @@ resp_suite(void)
 	tcase_add_test(tc, argv_refuses_what_is_not_a_whole_request);
 	tcase_add_loop_test(tc, argv_agrees_with_the_feed_parser, 0,
 	    NELEM(req_vectors));
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("limits");
+	tcase_add_test(tc,
+	    request_over_max_request_size_is_refused_whole_or_in_pieces);
+	tcase_add_test(tc, request_of_exactly_max_request_size_is_served);
+	tcase_add_test(tc, request_error_past_max_request_size_is_the_size);
+	tcase_add_test(tc, inline_line_over_max_line_length_is_refused_whole);
+	tcase_add_test(tc, inline_line_meets_the_smaller_limit_first);
+	tcase_add_test(tc,
+	    inline_line_rewritten_then_waiting_is_served_after_the_wait);
 	suite_add_tcase(s, tc);
 	return s;
 }
