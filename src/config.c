@@ -955,7 +955,9 @@ check_key(struct scope *sc, yaml_node_t *map, yaml_node_pair_t *p)
 static void
 apply_rule(struct scope *sc, const struct key_rule *r, yaml_node_t *v)
 {
-	void	*f = (char *)sc->fields + r->off;
+	/* A scope of functions only (metrics, client_auth) has no fields:
+	 * no pointer into them then (arithmetic on NULL is undefined). */
+	void	*f = r->kind == V_FUNC ? NULL : (char *)sc->fields + r->off;
 	int64_t	 n;
 
 	if (r->mark != MARK_NONE)
