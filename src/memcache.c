@@ -100,7 +100,6 @@ static const struct mc_cmd mc_cmds[] = {
 #define MC_E_BINARY \
 	"CLIENT_ERROR sidepool: binary protocol not supported, use the text protocol\r\n"
 #define MC_E_LINE "CLIENT_ERROR sidepool: command line too long\r\n"
-#define MC_E_REQUEST "CLIENT_ERROR sidepool: request too large\r\n"
 #define MC_E_NOMEM "SERVER_ERROR sidepool: out of memory\r\n"
 
 /* ---- tokens and numbers ---- */
@@ -242,19 +241,36 @@ mc_parse_i32(const char *s, size_t len, int32_t *out)
 	return true;
 }
 
-bool
-mc_long_line_ok(const char *head, size_t n)
+/* Is head[0..n) the start of s, or s the start of head? */
+static enum mc_long
+mc_long_word(const char *head, size_t n, const char *s)
 {
+	size_t len = strlen(s);
+
+	if (memcmp(head, s, n < len ? n : len) != 0)
+		return MC_LONG_NO;
+	return n >= len ? MC_LONG_YES : MC_LONG_MAYBE;
+}
+
+enum mc_long
+mc_long_line(const char *head, size_t n)
+{
+	enum mc_long get, gets;
 	size_t i = 0;
 
-	while (i < n && head[i] == ' ')
+	while (i < n && i <= 100 && head[i] == ' ')
 		i++;
 	if (i > 100)
-		return false;
+		return MC_LONG_NO;
 	head += i;
 	n -= i;
-	return (n >= 4 && memcmp(head, "get ", 4) == 0) ||
-	    (n >= 5 && memcmp(head, "gets ", 5) == 0);
+	get = mc_long_word(head, n, "get ");
+	gets = mc_long_word(head, n, "gets ");
+	if (get == MC_LONG_YES || gets == MC_LONG_YES)
+		return MC_LONG_YES;
+	if (get == MC_LONG_MAYBE || gets == MC_LONG_MAYBE)
+		return MC_LONG_MAYBE;
+	return MC_LONG_NO;
 }
 
 /* ---- command lines ---- */
@@ -747,6 +763,9 @@ mc_strip(struct evbuffer *in, size_t from, size_t to)
 
 /* ---- requests ---- */
 
+static void mc_error_reply(struct evbuffer *out, uint32_t pflags,
+    const char *msg);
+
 enum mc_req_phase {
 	MC_RQ_LINE,    /* looking for the end of a command line */
 	MC_RQ_DATA,    /* line planned; waiting for its data block */
@@ -898,44 +917,95 @@ mc_req_act(struct mc_req_state *st, struct evbuffer *in,
 	abort();
 }
 
-/* memcached's rule for a line with no end in sight: only a multiget may
- * grow past the line limit. */
-static bool
-mc_req_long_ok(struct evbuffer *in)
+/* memcached's long-get rule on the first n bytes of the line. */
+static enum mc_long
+mc_req_long(struct evbuffer *in, size_t n)
 {
-	char head[110];
-	size_t n = evbuffer_get_length(in);
+	char head[MC_LONG_HEAD];
 
 	if (n > sizeof(head))
 		n = sizeof(head);
-	return mc_copy_at(in, 0, head, n) && mc_long_line_ok(head, n);
+	if (n > 0 && !mc_copy_at(in, 0, head, n))
+		return MC_LONG_NO;
+	return mc_long_line(head, n);
+}
+
+/* Closed for max_request_size: what client.c says for a request it has
+ * to refuse (reply_error(c, 0, ...)), so the client reads the same bytes
+ * whichever of the two refuses it. */
+static enum proto_verdict
+mc_req_too_large(struct mc_req_state *st, struct reqinfo *ri)
+{
+	ri->name = "unknown";
+	ri->len = 0;
+	mc_error_reply(ri->reply, 0, "request larger than max_request_size");
+	mc_req_reset(st);
+	return PV_ERROR_CLOSE;
+}
+
+enum mc_limit { MC_LIM_OK, MC_LIM_LINE, MC_LIM_REQUEST };
+
+/*
+ * The size limits on a command line: have bytes of it are here, all of it
+ * when whole (its "\n" not counted). They are decided as a reader given
+ * one byte at a time would decide them, however the bytes came: the limit
+ * such a reader hits first wins, the line limit when one byte breaks both.
+ * Each rule, once broken, stays broken as bytes are added, so it was broken
+ * by some first k <= n bytes exactly when it is broken at n; n is what we
+ * have, or the first byte over max_request_size if that comes sooner. A
+ * whole line is then judged as one: its end decides a long-get head still
+ * undecided, and its "\n" counts towards the request.
+ */
+static enum mc_limit
+mc_req_limit(struct evbuffer *in, const struct cfg_limits *lim, size_t have,
+    bool whole)
+{
+	size_t n = have;
+	enum mc_long rule = MC_LONG_MAYBE;
+
+	if (n > lim->max_request_size)
+		n = (size_t)lim->max_request_size + 1;
+	if (n > lim->max_line_length) {
+		rule = mc_req_long(in, n);
+		if (rule == MC_LONG_NO)
+			return MC_LIM_LINE;
+	}
+	if (have > lim->max_request_size)
+		return MC_LIM_REQUEST;
+	if (!whole)
+		return MC_LIM_OK;
+	if (have > lim->max_line_length && rule != MC_LONG_YES)
+		return MC_LIM_LINE;
+	if (have + 1 > lim->max_request_size)
+		return MC_LIM_REQUEST;
+	return MC_LIM_OK;
 }
 
 static enum proto_verdict
 mc_req_line(struct mc_req_state *st, struct evbuffer *in,
     const struct cfg_limits *lim, struct reqinfo *ri)
 {
-	size_t avail = evbuffer_get_length(in), nl;
+	size_t avail = evbuffer_get_length(in), nl = 0;
 	unsigned char first;
 	const char *line;
 	struct mc_plan plan;
+	bool whole;
 
 	if (avail == 0)
 		return PV_NEED_MORE;
 	if (st->scanned == 0 && mc_copy_at(in, 0, &first, 1) && first == 0x80)
 		return mc_req_close(st, ri, "binary", MC_E_BINARY);
-	if (!mc_find_eol(in, 0, &st->scanned, &nl, &st->examined)) {
-		if (avail > lim->max_line_length && !mc_req_long_ok(in))
-			return mc_req_close(st, ri, "unknown", MC_E_LINE);
-		if (avail > lim->max_request_size)
-			return mc_req_close(st, ri, "unknown", MC_E_REQUEST);
-		return PV_NEED_MORE;
-	}
-	/* decided on the length alone, however the bytes arrived */
-	if (nl > lim->max_line_length && !mc_req_long_ok(in))
+	whole = mc_find_eol(in, 0, &st->scanned, &nl, &st->examined);
+	switch (mc_req_limit(in, lim, whole ? nl : avail, whole)) {
+	case MC_LIM_LINE:
 		return mc_req_close(st, ri, "unknown", MC_E_LINE);
-	if (nl + 1 > lim->max_request_size)
-		return mc_req_close(st, ri, "unknown", MC_E_REQUEST);
+	case MC_LIM_REQUEST:
+		return mc_req_too_large(st, ri);
+	case MC_LIM_OK:
+		break;
+	}
+	if (!whole)
+		return PV_NEED_MORE;
 	line = nl > 0 ? (const char *)evbuffer_pullup(in, (ev_ssize_t)nl) : "";
 	if (line == NULL)
 		return mc_req_close(st, ri, "unknown", MC_E_NOMEM);
@@ -1194,6 +1264,8 @@ mc_parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 			if (st->last_block)
 				return mc_reply_done(st, pflags, ri);
 		}
+		/* the same limit whether or not the "\n" is there yet,
+		 * so that how the server's bytes were cut does not matter */
 		if (!mc_find_eol(in, st->pos, &st->scanned, &nl,
 		    &st->examined)) {
 			if (avail - st->pos > MC_REPLY_LINE_MAX)
@@ -1201,6 +1273,8 @@ mc_parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 				    "reply line too long");
 			return RV_NEED_MORE;
 		}
+		if (nl - st->pos > MC_REPLY_LINE_MAX)
+			return mc_reply_error(st, ri, "reply line too long");
 		v = mc_reply_line(st, in, nl, pflags, ri);
 		if (v != RV_NEED_MORE)
 			return v;

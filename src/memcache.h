@@ -86,9 +86,14 @@ bool mc_parse_u64(const char *s, size_t len, uint64_t *out);
 /*
  * A command line longer than the line limit is allowed only for a large
  * multiget: at most 100 leading spaces, then "get " or "gets " (memcached's
- * rule). head is the first n bytes of the line.
+ * rule). head is the first n bytes of a line that may still grow: while
+ * they can become such a start, the answer is MC_LONG_MAYBE. Each answer
+ * but MAYBE stays the same however many bytes follow; 105 bytes always
+ * decide.
  */
-bool mc_long_line_ok(const char *head, size_t n);
+enum mc_long { MC_LONG_NO, MC_LONG_MAYBE, MC_LONG_YES };
+#define MC_LONG_HEAD 105
+enum mc_long mc_long_line(const char *head, size_t n);
 
 /* What to do with one command line. */
 enum mc_action {

@@ -78,6 +78,14 @@ req_drive(struct req_run *r, const struct cfg_limits *lim)
 		switch (v) {
 		case PV_NEED_MORE:
 			ck_assert_uint_eq(evbuffer_get_length(reply), 0);
+			/* client.c closes a client whose incomplete request
+			 * outgrew max_request_size; the parser must have said
+			 * so itself, with the same bytes, whole or not */
+			ck_assert_msg(evbuffer_get_length(r->in) <=
+			    lim->max_request_size,
+			    "%zu bytes waiting, max_request_size %llu: left to "
+			    "client.c", evbuffer_get_length(r->in),
+			    (unsigned long long)lim->max_request_size);
 			break;
 		case PV_FORWARD:
 			ck_assert_uint_gt(ri.len, 0);
@@ -223,6 +231,12 @@ check_req_str(const char *in, size_t inlen, const char *want)
 #define CHECK_REQ(in, want) check_req(in, sizeof(in) - 1, want, sizeof(want) - 1)
 #define CHECK_REQ_LIM(in, want, lim) \
 	check_req_lim(in, sizeof(in) - 1, want, sizeof(want) - 1, lim)
+
+/* client.c's close for a request over max_request_size (reply_error(c, 0,
+ * ...) through error_reply), which the parser gives itself */
+#define X_REQUEST_SIZE \
+	"X:SERVER_ERROR sidepool: request larger than max_request_size\r\n|"
+#define X_LINE "X:CLIENT_ERROR sidepool: command line too long\r\n|"
 
 /* pflags as the transcript prints them */
 #define PF_LINE "0"
@@ -432,17 +446,28 @@ START_TEST(long_line_allowed_only_for_get_and_gets)
 {
 	char buf[200];
 
-	ck_assert(mc_long_line_ok("get k", 5));
-	ck_assert(mc_long_line_ok("gets k", 6));
-	ck_assert(!mc_long_line_ok("gat 0 k", 7));
-	ck_assert(!mc_long_line_ok("bget k", 6));
-	ck_assert(!mc_long_line_ok("getx k", 6));
+	ck_assert_int_eq(mc_long_line("get k", 5), MC_LONG_YES);
+	ck_assert_int_eq(mc_long_line("gets k", 6), MC_LONG_YES);
+	ck_assert_int_eq(mc_long_line("get ", 4), MC_LONG_YES);
+	ck_assert_int_eq(mc_long_line("gat 0 k", 7), MC_LONG_NO);
+	ck_assert_int_eq(mc_long_line("bget k", 6), MC_LONG_NO);
+	ck_assert_int_eq(mc_long_line("getx k", 6), MC_LONG_NO);
+	ck_assert_int_eq(mc_long_line("gex", 3), MC_LONG_NO);
+	ck_assert_int_eq(mc_long_line("x", 1), MC_LONG_NO);
+	/* a head that may still grow into "get " or "gets " is undecided */
+	ck_assert_int_eq(mc_long_line("", 0), MC_LONG_MAYBE);
+	ck_assert_int_eq(mc_long_line("ge", 2), MC_LONG_MAYBE);
+	ck_assert_int_eq(mc_long_line("get", 3), MC_LONG_MAYBE);
+	ck_assert_int_eq(mc_long_line("gets", 4), MC_LONG_MAYBE);
 	memset(buf, ' ', sizeof(buf));
+	ck_assert_int_eq(mc_long_line(buf, 100), MC_LONG_MAYBE);
+	ck_assert_int_eq(mc_long_line(buf, 101), MC_LONG_NO);
 	memcpy(buf + 100, "get k", 5);
-	ck_assert(mc_long_line_ok(buf, 105));
+	ck_assert_int_eq(mc_long_line(buf, 103), MC_LONG_MAYBE);
+	ck_assert_int_eq(mc_long_line(buf, 105), MC_LONG_YES);
 	memcpy(buf + 101, "get k", 5);
 	buf[100] = ' ';
-	ck_assert(!mc_long_line_ok(buf, 106));
+	ck_assert_int_eq(mc_long_line(buf, 106), MC_LONG_NO);
 }
 END_TEST
 
@@ -1046,12 +1071,105 @@ START_TEST(get_line_over_max_request_size_closes)
 	lim.max_request_size = 20;
 	lim.max_line_length = 10;
 	CHECK_REQ_LIM("get a b c d e f g\r\n", "F1:get:get a b c d e f g\r\n|", &lim);
-	CHECK_REQ_LIM("get a b c d e f g h\r\n",
-	    "X:CLIENT_ERROR sidepool: request too large\r\n|", &lim);
-	CHECK_REQ_LIM("get a b c d e f g h i",
-	    "X:CLIENT_ERROR sidepool: request too large\r\n|", &lim);
+	CHECK_REQ_LIM("get a b c d e f g h\r\n", X_REQUEST_SIZE, &lim);
+	CHECK_REQ_LIM("get a b c d e f g h i", X_REQUEST_SIZE, &lim);
 	CHECK_REQ_LIM("set k 0 0 1 noreply\r\nx\r\n",
 	    "X:CLIENT_ERROR sidepool: command line too long\r\n|", &lim);
+}
+END_TEST
+
+/* Fuzz finding K4: which limit closed a line depended on the reads. */
+START_TEST(line_and_request_limits_close_the_same_however_the_bytes_arrive)
+{
+	struct cfg_limits lim = limits_default();
+
+	/* max_request_size below max_line_length: the request limit is
+	 * reached first, whole or trickled */
+	lim.max_line_length = 10;
+	lim.max_request_size = 8;
+	CHECK_REQ_LIM("xxxxxxxxxxx", X_REQUEST_SIZE, &lim);
+	CHECK_REQ_LIM("xxxxxxxxxxx\r\n", X_REQUEST_SIZE, &lim);
+	CHECK_REQ_LIM("xxxxxxxx\n", X_REQUEST_SIZE, &lim);
+	CHECK_REQ_LIM("xxxxxxx\n", "L:ERROR\r\n|", &lim);
+	CHECK_REQ_LIM("get a b c d e", X_REQUEST_SIZE, &lim);
+	/* the other way round: the line limit first */
+	lim.max_line_length = 4;
+	CHECK_REQ_LIM("xxxxxxxxxxx", X_LINE, &lim);
+	CHECK_REQ_LIM("xxxxxxxxxxx\r\n", X_LINE, &lim);
+	CHECK_REQ_LIM("get a b c d e", X_REQUEST_SIZE, &lim);
+	CHECK_REQ_LIM("get ab\r\n", "F1:get:get ab\r\n|", &lim);
+	/* both at the same byte: the line limit, always */
+	lim.max_line_length = 8;
+	CHECK_REQ_LIM("xxxxxxxxx", X_LINE, &lim);
+	CHECK_REQ_LIM("xxxxxxxxx\n", X_LINE, &lim);
+}
+END_TEST
+
+/* Fuzz finding K5: the long-get rule looked at a head that could still
+ * become "<spaces>get ". */
+START_TEST(long_get_is_recognised_however_the_bytes_arrive)
+{
+	struct cfg_limits lim = limits_default();
+	char req[128], want[160];
+	size_t n;
+
+	lim.max_line_length = 50;
+	memset(req, ' ', 60);
+	n = 60 + (size_t)snprintf(req + 60, sizeof(req) - 60,
+	    "get k1 k2 k3 k4 k5 k6 k7 k8 k9\r\n");
+	snprintf(want, sizeof(want), "F1:get:%.*s|", (int)n, req);
+	check_req_lim(req, n, want, strlen(want), &lim);
+	/* 101 spaces are too many, with or without the end of the line */
+	memset(req, ' ', 101);
+	check_req_lim(req, 101, X_LINE, strlen(X_LINE), &lim);
+	memcpy(req + 101, "get k\r\n", 7);
+	check_req_lim(req, 108, X_LINE, strlen(X_LINE), &lim);
+	/* the smallest form: a 2-byte limit, "get" still undecided */
+	lim.max_line_length = 2;
+	CHECK_REQ_LIM("get VAL", "N7", &lim);
+	CHECK_REQ_LIM("get VAL\r\n", "F1:get:get VAL\r\n|", &lim);
+	CHECK_REQ_LIM("gets VAL\r\n", "F1:gets:gets VAL\r\n|", &lim);
+	CHECK_REQ_LIM("  ge", "N4", &lim);
+	/* a line that ended before "get " was complete is too long */
+	CHECK_REQ_LIM("get\r\n", X_LINE, &lim);
+	CHECK_REQ_LIM("gets\n", X_LINE, &lim);
+	CHECK_REQ_LIM("   \n", X_LINE, &lim);
+	CHECK_REQ_LIM("gex", X_LINE, &lim);
+}
+END_TEST
+
+/* Fuzz finding K1, memcache side: a line over max_request_size gets
+ * client.c's words and is closed, whole or trickled. */
+START_TEST(request_over_max_request_size_closes_with_client_c_words)
+{
+	struct cfg_limits lim = limits_default();
+	struct evbuffer *out = evbuffer_new();
+	const char *want = X_REQUEST_SIZE;
+	size_t n;
+
+	/* the bytes client.c sends for an incomplete one */
+	P->error_reply(out, 0, "request larger than max_request_size");
+	n = evbuffer_get_length(out);
+	ck_assert_uint_eq(n, strlen(want) - 3);
+	ck_assert(memcmp(evbuffer_pullup(out, -1), want + 2, n) == 0);
+	evbuffer_free(out);
+	/* a request exactly max_request_size long, "\n" included, passes */
+	lim.max_request_size = 16;
+	CHECK_REQ_LIM("get a b c d ef\r\n", "F1:get:get a b c d ef\r\n|",
+	    &lim);
+	CHECK_REQ_LIM("get a b c d efg\r\n", X_REQUEST_SIZE, &lim);
+	CHECK_REQ_LIM("get a b c d e f g h\r\nget a\r\n", X_REQUEST_SIZE,
+	    &lim);
+	CHECK_REQ_LIM("get a\r\nget a b c d e f g h\r\n",
+	    "F1:get:get a\r\n|" X_REQUEST_SIZE, &lim);
+	/* a storage request over the limit is refused by its line, as
+	 * memcached refuses a value too large, and its data swallowed (never
+	 * buffered): the client stays, whole or trickled */
+	CHECK_REQ_LIM("add k 0 0 5\r\nhello\r\nmn\r\n",
+	    "L:SERVER_ERROR object too large for cache\r\n|S7|F0:mn:mn\r\n|",
+	    &lim);
+	CHECK_REQ_LIM("set k 0 0 5\r\nhello\r\nmn\r\n",
+	    "F100:set:delete k\r\n|S7|F0:mn:mn\r\n|", &lim);
 }
 END_TEST
 
@@ -1385,6 +1503,44 @@ START_TEST(reply_line_without_end_is_bounded)
 	log = reply_run_pieces(buf, MC_REPLY_LINE_MAX + 1, pf_line, 1, 1000, 0);
 	ck_assert(log_equals(log, "E:reply line too long|", 22));
 	evbuffer_free(log);
+	free(buf);
+}
+END_TEST
+
+/* Fuzz finding K6: a line over MC_REPLY_LINE_MAX was taken when whole. */
+START_TEST(reply_line_over_8k_is_refused_however_it_arrives)
+{
+	const uint32_t pf[] = { MC_SHAPE_LINE, MC_SHAPE_LINE };
+	const char *err = "E:reply line too long|";
+	const uint32_t pf_stats1[] = { MC_SHAPE_STATS };
+	char *buf = malloc(MC_REPLY_LINE_MAX + 1024), *want;
+	size_t n;
+
+	/* 9000 bytes and a reply after them */
+	ck_assert_uint_ge(MC_REPLY_LINE_MAX + 1024, 9010);
+	memset(buf, 'X', 9000);
+	memcpy(buf + 9000, "\r\nSTORED\r\n", 10);
+	check_reply(buf, 9010, pf, 2, err, strlen(err));
+	/* the limit counts the bytes before the "\n", "\r" included */
+	memset(buf, 'X', MC_REPLY_LINE_MAX);
+	buf[MC_REPLY_LINE_MAX - 1] = '\r';
+	buf[MC_REPLY_LINE_MAX] = '\n';
+	want = malloc(MC_REPLY_LINE_MAX + 16);
+	snprintf(want, MC_REPLY_LINE_MAX + 16, "R:%.*s|",
+	    MC_REPLY_LINE_MAX + 1, buf);
+	check_reply(buf, MC_REPLY_LINE_MAX + 1, pf, 1, want, strlen(want));
+	buf[MC_REPLY_LINE_MAX - 1] = 'X';
+	buf[MC_REPLY_LINE_MAX] = '\r';
+	buf[MC_REPLY_LINE_MAX + 1] = '\n';
+	check_reply(buf, MC_REPLY_LINE_MAX + 2, pf, 1, err, strlen(err));
+	/* in a multi-line reply too: a STAT line */
+	n = (size_t)sprintf(buf, "STAT a ");
+	memset(buf + n, 'x', MC_REPLY_LINE_MAX);
+	n += MC_REPLY_LINE_MAX;
+	memcpy(buf + n, "\r\nEND\r\n", 7);
+	n += 7;
+	check_reply(buf, n, pf_stats1, 1, err, strlen(err));
+	free(want);
 	free(buf);
 }
 END_TEST
@@ -1748,6 +1904,11 @@ memcache_suite(void)
 	tcase_add_test(classic, binary_protocol_refused_and_closed);
 	tcase_add_test(classic, line_over_2048_bytes_closes_unless_multiget);
 	tcase_add_test(classic, get_line_over_max_request_size_closes);
+	tcase_add_test(classic,
+	    line_and_request_limits_close_the_same_however_the_bytes_arrive);
+	tcase_add_test(classic, long_get_is_recognised_however_the_bytes_arrive);
+	tcase_add_test(classic,
+	    request_over_max_request_size_closes_with_client_c_words);
 	suite_add_tcase(s, classic);
 
 	tcase_add_test(meta, meta_get_flags_pass_through);
@@ -1780,6 +1941,7 @@ memcache_suite(void)
 	tcase_add_test(replies, reply_stats_lines_then_end);
 	tcase_add_test(replies, reply_desync_is_an_error);
 	tcase_add_test(replies, reply_line_without_end_is_bounded);
+	tcase_add_test(replies, reply_line_over_8k_is_refused_however_it_arrives);
 	tcase_add_test(replies, reply_value_line_with_longest_key);
 	tcase_add_test(replies, reply_pipelined_back_to_back);
 	tcase_add_test(replies, reply_one_megabyte_value_in_16k_chunks);
