@@ -226,6 +226,76 @@ format(const char *fmt, ...)
 	return s;
 }
 
+/* Byte i of s as a message shows it (see quote_mem), into e; its length. */
+static size_t
+escape_byte(const char *s, size_t len, size_t i, char e[5])
+{
+	static const char	 named[] = "\n\r\t\\", names[] = "nrt\\";
+	unsigned char		 c = (unsigned char)s[i];
+	const char		*p;
+	/* A C1 control is two bytes in UTF-8: 0xc2, then 0x80..0x9f. */
+	bool			 c1 = (c == 0xc2 && i + 1 < len &&
+	    (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] < 0xa0) ||
+	    (c >= 0x80 && c < 0xa0 && i > 0 && (unsigned char)s[i - 1] == 0xc2);
+
+	if (c != '\0' && (p = strchr(named, c)) != NULL) {
+		e[0] = '\\';
+		e[1] = names[p - named];
+		return 2;
+	}
+	if (c < 0x20 || c == 0x7f || c1)
+		return (size_t)snprintf(e, 5, "\\x%02x", c);
+	e[0] = (char)c;
+	return 1;
+}
+
+/*
+ * A value from the file as a message shows it, between the message's own
+ * quotes: on one line, since a newline would split the message in a log
+ * and an escape sequence would drive the terminal it is printed on. Control
+ * bytes (C0, DEL and C1) are escaped as C writes them (\n, \x1b), a
+ * backslash is doubled so that no escape is ambiguous, and a value that
+ * does not fit in size bytes is cut between two characters with "...".
+ * size is at least 4. Returns buf.
+ */
+static const char *
+quote_mem(char *buf, size_t size, const char *s, size_t len)
+{
+	size_t	 n = 0, cut = 0, cut_in = 0, i, el;
+	char	 e[5];
+
+	for (i = 0; i < len; i++) {
+		el = escape_byte(s, len, i, e);
+		if (n + el >= size) {
+			/* Not in the middle of a character: drop the bytes
+			 * of the one that would be split (copied as is). */
+			for (int k = 0; k < 3 && cut_in > 0 &&
+			    ((unsigned char)s[cut_in] & 0xc0) == 0x80 &&
+			    (unsigned char)s[cut_in - 1] >= 0x80 &&
+			    escape_byte(s, len, cut_in - 1, e) == 1; k++) {
+				cut_in--;
+				cut--;
+			}
+			memcpy(buf + cut, "...", 4);
+			return buf;
+		}
+		memcpy(buf + n, e, el);
+		n += el;
+		if (n + 4 <= size) {	/* "..." and the NUL still fit */
+			cut = n;
+			cut_in = i + 1;
+		}
+	}
+	buf[n] = '\0';
+	return buf;
+}
+
+/* Room for a value in a message: longer ones are cut. */
+#define QUOTE_SIZE	128
+
+/* A NUL-terminated value into a char array (see quote_mem). */
+#define QUOTE(buf, s)	quote_mem((buf), sizeof(buf), (s), strlen(s))
+
 static void
 push_error(struct loader *ld, char *msg)
 {
@@ -489,10 +559,11 @@ parse_unix_addr(const char *path, struct cfg_addr *out, char *err,
 {
 	struct sockaddr_un	*sun = (struct sockaddr_un *)&out->sa;
 	size_t			 len = strlen(path);
+	char			 q[QUOTE_SIZE];
 
 	if (path[0] != '/')
 		return addr_fail(err, errlen, "unix socket path '%s' must be "
-		    "absolute (start it with /)", path);
+		    "absolute (start it with /)", QUOTE(q, path));
 	if (len >= sizeof(sun->sun_path))
 		return addr_fail(err, errlen, "unix socket path is %zu bytes "
 		    "long; the limit is %zu (use a shorter path)", len,
@@ -514,17 +585,20 @@ parse_port(const char *s, const char *whole, uint16_t *port, char *err,
 {
 	int64_t	 v;
 	int	 rc;
+	char	 qs[QUOTE_SIZE / 2], qw[QUOTE_SIZE];
 
+	QUOTE(qs, s);
+	QUOTE(qw, whole);
 	if (*s == '\0')
 		return addr_fail(err, errlen, "missing port in '%s' (write "
-		    "HOST:PORT, e.g. 127.0.0.1:6379)", whole);
+		    "HOST:PORT, e.g. 127.0.0.1:6379)", qw);
 	rc = parse_int(s, &v);
 	if (rc == -1)
 		return addr_fail(err, errlen, "port '%s' in '%s' is not a "
-		    "number", s, whole);
+		    "number", qs, qw);
 	if (rc == -2 || v < 1 || v > 65535)
 		return addr_fail(err, errlen, "port %s in '%s' is out of "
-		    "range (use 1..65535)", s, whole);
+		    "range (use 1..65535)", qs, qw);
 	*port = (uint16_t)v;
 	return 0;
 }
@@ -571,16 +645,16 @@ parse_inet6_addr(const char *s, struct cfg_addr *out, char *err,
     size_t errlen)
 {
 	const char	*close = strchr(s, ']');
-	char		 host[INET6_ADDRSTRLEN + 1];
+	char		 host[INET6_ADDRSTRLEN + 1], q[QUOTE_SIZE];
 	size_t		 hlen;
 	uint16_t	 port;
 
 	if (close == NULL)
 		return addr_fail(err, errlen, "missing ']' in '%s' (write "
-		    "IPv6 addresses like [::1]:6379)", s);
+		    "IPv6 addresses like [::1]:6379)", QUOTE(q, s));
 	if (close[1] != ':')
 		return addr_fail(err, errlen, "missing port in '%s' (write "
-		    "[IPV6]:PORT, e.g. [::1]:6379)", s);
+		    "[IPV6]:PORT, e.g. [::1]:6379)", QUOTE(q, s));
 	if (parse_port(close + 2, s, &port, err, errlen) != 0)
 		return -1;
 	hlen = (size_t)(close - (s + 1));
@@ -591,8 +665,8 @@ parse_inet6_addr(const char *s, struct cfg_addr *out, char *err,
 	if (fill_inet6(host, port, out) == 0)
 		return 0;
 bad:
-	return addr_fail(err, errlen, "'%.*s' is not an IPv6 address",
-	    (int)(close - s + 1), s);
+	return addr_fail(err, errlen, "'%s' is not an IPv6 address",
+	    quote_mem(q, sizeof(q), s, (size_t)(close - s + 1)));
 }
 
 /* "ipv4:port" or "localhost:port". Other host names are refused rather
@@ -602,21 +676,22 @@ parse_inet4_addr(const char *s, struct cfg_addr *out, char *err,
     size_t errlen)
 {
 	const char	*colon = strrchr(s, ':');
-	char		 host[256];
+	char		 host[256], q[QUOTE_SIZE], qc[QUOTE_SIZE / 2];
 	size_t		 hlen;
 	uint16_t	 port;
 
+	QUOTE(q, s);
 	if (colon == NULL)
 		return addr_fail(err, errlen, "missing port in '%s' (write "
-		    "HOST:PORT, e.g. 127.0.0.1:6379, or unix:/PATH)", s);
+		    "HOST:PORT, e.g. 127.0.0.1:6379, or unix:/PATH)", q);
 	hlen = (size_t)(colon - s);
 	if (memchr(s, ':', hlen) != NULL)
 		return addr_fail(err, errlen, "'%s' looks like an IPv6 "
-		    "address: put it in brackets, like [::1]:6379", s);
+		    "address: put it in brackets, like [::1]:6379", q);
 	if (hlen == 0)
 		return addr_fail(err, errlen, "missing host in '%s' (write "
-		    "127.0.0.1%s, or 0.0.0.0%s for all addresses)", s, colon,
-		    colon);
+		    "127.0.0.1%s, or 0.0.0.0%s for all addresses)", q,
+		    QUOTE(qc, colon), qc);
 	if (parse_port(colon + 1, s, &port, err, errlen) != 0)
 		return -1;
 	if (hlen < sizeof(host)) {
@@ -625,9 +700,9 @@ parse_inet4_addr(const char *s, struct cfg_addr *out, char *err,
 		if (fill_inet4(host, port, out) == 0)
 			return 0;
 	}
-	return addr_fail(err, errlen, "'%.*s' is not an IPv4 address; host "
+	return addr_fail(err, errlen, "'%s' is not an IPv4 address; host "
 	    "names other than localhost are not resolved (write an IP "
-	    "address)", (int)hlen, s);
+	    "address)", quote_mem(q, sizeof(q), s, hlen));
 }
 
 int
@@ -715,17 +790,18 @@ get_int(struct scope *sc, const char *key, yaml_node_t *v, int64_t lo,
 	const char	*s;
 	int64_t		 n;
 	int		 rc;
+	char		 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "an integer")) == NULL)
 		return -1;
 	if ((rc = parse_int(s, &n)) == -1) {
 		err_at(sc->ld, v->start_mark, "%s%s must be an integer, "
-		    "not '%s'", key, sc->where, s);
+		    "not '%s'", key, sc->where, QUOTE(q, s));
 		return -1;
 	}
 	if (rc == -2 || n < lo || n > hi) {
 		err_at(sc->ld, v->start_mark, "%s %s%s is out of range (use "
-		    "%lld..%lld)", key, s, sc->where, (long long)lo,
+		    "%lld..%lld)", key, QUOTE(q, s), sc->where, (long long)lo,
 		    (long long)hi);
 		return -1;
 	}
@@ -739,17 +815,18 @@ get_duration(struct scope *sc, const char *key, yaml_node_t *v,
 {
 	const char	*s, *why;
 	uint64_t	 ms;
+	char		 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "a duration like 5s")) == NULL)
 		return -1;
 	if ((why = scan_duration(s, &ms)) != NULL) {
-		err_at(sc->ld, v->start_mark, "%s '%s'%s %s", key, s,
-		    sc->where, why);
+		err_at(sc->ld, v->start_mark, "%s '%s'%s %s", key,
+		    QUOTE(q, s), sc->where, why);
 		return -1;
 	}
 	if (ms < lo || ms > hi) {
 		err_at(sc->ld, v->start_mark, "%s %s%s is out of range "
-		    "(use %s)", key, s, sc->where, range);
+		    "(use %s)", key, QUOTE(q, s), sc->where, range);
 		return -1;
 	}
 	*out = ms;
@@ -760,12 +837,13 @@ static int
 get_size(struct scope *sc, const char *key, yaml_node_t *v, uint64_t *out)
 {
 	const char	*s, *why;
+	char		 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "a size like 16k")) == NULL)
 		return -1;
 	if ((why = scan_size(s, out)) != NULL) {
-		err_at(sc->ld, v->start_mark, "%s '%s'%s %s", key, s,
-		    sc->where, why);
+		err_at(sc->ld, v->start_mark, "%s '%s'%s %s", key,
+		    QUOTE(q, s), sc->where, why);
 		return -1;
 	}
 	return 0;
@@ -777,6 +855,7 @@ get_path(struct scope *sc, const char *key, yaml_node_t *v, bool stderr_ok,
     char **out)
 {
 	const char	*s;
+	char		 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "an absolute path")) == NULL)
 		return -1;
@@ -784,7 +863,7 @@ get_path(struct scope *sc, const char *key, yaml_node_t *v, bool stderr_ok,
 		return 0;
 	if (s[0] != '/') {
 		err_at(sc->ld, v->start_mark, "%s '%s'%s must be an absolute "
-		    "path (start it with /)%s", key, s, sc->where,
+		    "path (start it with /)%s", key, QUOTE(q, s), sc->where,
 		    stderr_ok ? " or 'stderr'" : "");
 		return -1;
 	}
@@ -800,13 +879,15 @@ get_mode(struct scope *sc, const char *key, yaml_node_t *v, mode_t *out)
 {
 	const char		*s, *p;
 	unsigned		 mode = 0;
+	char			 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "an octal mode like \"0660\"")) == NULL)
 		return -1;
+	QUOTE(q, s);
 	if (v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && s[0] != '0') {
 		err_at(sc->ld, v->start_mark, "mode %s%s is ambiguous: write "
 		    "it in octal with a leading zero, like 0660 or \"0660\"",
-		    s, sc->where);
+		    q, sc->where);
 		return -1;
 	}
 	p = s;
@@ -818,7 +899,7 @@ get_mode(struct scope *sc, const char *key, yaml_node_t *v, mode_t *out)
 		mode = mode * 8 + (unsigned)(*p - '0');
 	if (mode > 0777) {
 		err_at(sc->ld, v->start_mark, "mode %s%s is out of range (use "
-		    "0..0777)", s, sc->where);
+		    "0..0777)", q, sc->where);
 		return -1;
 	}
 	if (*p != '\0')
@@ -827,7 +908,7 @@ get_mode(struct scope *sc, const char *key, yaml_node_t *v, mode_t *out)
 	return 0;
 bad:
 	err_at(sc->ld, v->start_mark, "mode '%s'%s is not an octal number "
-	    "(write it like \"0660\")", s, sc->where);
+	    "(write it like \"0660\")", q, sc->where);
 	return -1;
 }
 
@@ -894,6 +975,7 @@ report_unknown_key(struct scope *sc, yaml_node_t *k,
 {
 	const char	*key = node_text(k), *guess = NULL;
 	char		 expected[256] = "", hint[NAME_MAX_LEN + 32] = "";
+	char		 q[QUOTE_SIZE];
 	size_t		 i, d, best = 3;
 
 	for (i = 0; i < nrules; i++) {
@@ -911,7 +993,8 @@ report_unknown_key(struct scope *sc, yaml_node_t *k,
 	if (guess != NULL)
 		snprintf(hint, sizeof(hint), ": did you mean '%s'?", guess);
 	err_at(sc->ld, k->start_mark, "unknown key '%s'%s%s (expected one "
-	    "of: %s)", key, sc->where[0] ? sc->where : " at the top level",
+	    "of: %s)", QUOTE(q, key), sc->where[0] ? sc->where :
+	    " at the top level",
 	    hint, expected);
 }
 
@@ -936,6 +1019,7 @@ static bool
 check_key(struct scope *sc, yaml_node_t *map, yaml_node_pair_t *p)
 {
 	yaml_node_t	*k = node_at(sc->ld, p->key), *first;
+	char		 q[QUOTE_SIZE];
 
 	if (k->type != YAML_SCALAR_NODE) {
 		err_at(sc->ld, k->start_mark, "keys%s must be plain names, "
@@ -944,7 +1028,8 @@ check_key(struct scope *sc, yaml_node_t *map, yaml_node_pair_t *p)
 	}
 	if ((first = find_earlier_key(sc->ld, map, p)) != NULL) {
 		err_at(sc->ld, k->start_mark, "duplicate key '%s'%s (first "
-		    "set at line %zu, column %zu; keep only one)", node_text(k),
+		    "set at line %zu, column %zu; keep only one)",
+		    QUOTE(q, node_text(k)),
 		    sc->where, first->start_mark.line + 1,
 		    first->start_mark.column + 1);
 		return false;
@@ -1066,14 +1151,14 @@ apply_listen(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct listener_draft	*d = sc->obj;
 	const char		*s;
-	char			 err[256];
+	char			 err[256], q[QUOTE_SIZE];
 
 	d->listen = v;
 	if ((s = get_scalar(sc, key, v, "an address")) == NULL)
 		return;
 	if (config_parse_addr(s, &d->l->addr, err, sizeof(err)) != 0) {
 		err_at(sc->ld, v->start_mark, "bad listen address '%s'%s: %s",
-		    s, sc->where, err);
+		    QUOTE(q, s), sc->where, err);
 		return;
 	}
 	d->has_addr = true;
@@ -1111,6 +1196,8 @@ static const struct key_rule listener_rules[] = {
 static void
 finish_listener(struct loader *ld, struct listener_draft *d, yaml_node_t *n)
 {
+	char	 q[QUOTE_SIZE];
+
 	if (d->listen == NULL)
 		err_at(ld, n->start_mark, "%s has no listen address (add "
 		    "listen: 127.0.0.1:PORT or listen: unix:/PATH)", d->name);
@@ -1120,7 +1207,7 @@ finish_listener(struct loader *ld, struct listener_draft *d, yaml_node_t *n)
 	if (d->mode != NULL && d->has_addr && d->l->addr.family != AF_UNIX)
 		err_at(ld, d->mode->start_mark, "mode%s applies only to unix "
 		    "sockets, and %s is TCP (remove mode)", d->where,
-		    d->l->addr.text);
+		    QUOTE(q, d->l->addr.text));
 	if (d->has_addr)
 		note_addr_use(ld, d->l->addr.text, d->name,
 		    d->listen->start_mark, true);
@@ -1179,6 +1266,7 @@ apply_protocol(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct upstream_draft	*d = sc->obj;
 	const char		*s;
+	char			 q[QUOTE_SIZE];
 
 	d->has_protocol = true;
 	if ((s = get_scalar(sc, key, v, "redis or memcache")) == NULL)
@@ -1189,7 +1277,7 @@ apply_protocol(struct scope *sc, const char *key, yaml_node_t *v)
 		d->u->protocol = PROTO_MEMCACHE;
 	else
 		err_at(sc->ld, v->start_mark, "unknown protocol '%s'%s (use "
-		    "redis or memcache)", s, sc->where);
+		    "redis or memcache)", QUOTE(q, s), sc->where);
 }
 
 static void
@@ -1198,7 +1286,7 @@ load_server(struct scope *sc, yaml_node_t *n)
 	struct upstream_draft	*d = sc->obj;
 	struct cfg_server	*srv = &d->u->servers[d->u->nservers];
 	const char		*s;
-	char			 err[256];
+	char			 err[256], q[QUOTE_SIZE];
 
 	if (node_is_null(n)) {
 		err_at(sc->ld, n->start_mark, "empty server entry%s (write an "
@@ -1210,7 +1298,7 @@ load_server(struct scope *sc, yaml_node_t *n)
 		return;
 	if (config_parse_addr(s, &srv->addr, err, sizeof(err)) != 0) {
 		err_at(sc->ld, n->start_mark, "bad server address '%s'%s: %s",
-		    s, sc->where, err);
+		    QUOTE(q, s), sc->where, err);
 		return;
 	}
 	srv->index = (unsigned)d->u->nservers++;
@@ -1367,6 +1455,7 @@ apply_client_users(struct scope *sc, const char *key, yaml_node_t *v)
 			yaml_node_t *val = node_at(sc->ld, p->value);
 			const char *name = k->type == YAML_SCALAR_NODE ?
 			    node_text(k) : "";
+			char q[QUOTE_SIZE];
 			if (strcmp(name, "user") == 0)
 				get_secret(sc, "user", val, &user);
 			else if (strcmp(name, "password") == 0)
@@ -1374,7 +1463,7 @@ apply_client_users(struct scope *sc, const char *key, yaml_node_t *v)
 			else
 				err_at(sc->ld, k->start_mark, "unknown key '%s' "
 				    "in a client user%s (expected user, "
-				    "password)", name, sc->where);
+				    "password)", QUOTE(q, name), sc->where);
 		}
 		if (user == NULL || pw == NULL)
 			err_at(sc->ld, e->start_mark, "a client user%s needs "
@@ -1432,14 +1521,14 @@ apply_refuse(struct scope *sc, const char *key, yaml_node_t *v)
 	    it++) {
 		yaml_node_t	*e = node_at(sc->ld, *it);
 		const char	*s = get_scalar(sc, key, e, "a command name");
-		char		**n;
+		char		**n, q[QUOTE_SIZE];
 
 		if (s == NULL)
 			continue;
 		if (*s == '\0' || strspn(s, "abcdefghijklmnopqrstuvwxyz"
 		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-|") != strlen(s)) {
 			err_at(sc->ld, e->start_mark, "'%s' in %s%s is not a "
-			    "command name", s, key, sc->where);
+			    "command name", QUOTE(q, s), key, sc->where);
 			continue;
 		}
 		if ((n = realloc(u->refused, (u->nrefused + 1) *
@@ -1541,13 +1630,14 @@ check_upstream_name(struct loader *ld, yaml_node_t *k)
 {
 	const char	*s = node_text(k);
 	size_t		 len = strlen(s);
+	char		 q[QUOTE_SIZE];
 
 	if (len == 0 || len > NAME_MAX_LEN ||
 	    strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	    "0123456789_.-") != len || len != k->data.scalar.length)
 		err_at(ld, k->start_mark, "upstream name '%s' is not valid "
-		    "(use 1 to %d letters, digits, '_', '-' or '.')", s,
-		    NAME_MAX_LEN);
+		    "(use 1 to %d letters, digits, '_', '-' or '.')",
+		    QUOTE(q, s), NAME_MAX_LEN);
 }
 
 static void
@@ -1557,6 +1647,7 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	struct upstream_draft	*d = &ld->udrafts[cfg->nupstreams];
 	struct cfg_upstream	*u = &cfg->upstreams[cfg->nupstreams++];
 	struct scope		 sc = { ld, d->where, d, u, d->marks };
+	char			 q[NAME_MAX_LEN + 4];	/* a valid name whole */
 
 	d->u = u;
 	d->key = k;
@@ -1574,8 +1665,8 @@ load_upstream(struct loader *ld, yaml_node_t *k, yaml_node_t *v)
 	u->databases = 16;
 	u->retry_interval_ms = 250;
 	u->retry_max_interval_ms = 10 * MS_SECOND;
-	snprintf(d->name, sizeof(d->name), "upstream '%.*s'", NAME_MAX_LEN,
-	    node_text(k));
+	snprintf(d->name, sizeof(d->name), "upstream '%s'",
+	    QUOTE(q, node_text(k)));
 	snprintf(d->where, sizeof(d->where), " in %s", d->name);
 	snprintf(d->pool_where, sizeof(d->pool_where), " in pool of %s",
 	    d->name);
@@ -1637,6 +1728,7 @@ apply_workers(struct scope *sc, const char *key, yaml_node_t *v)
 	const char	*s;
 	int64_t		 n;
 	int		 rc;
+	char		 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "'auto' or an integer")) == NULL)
 		return;
@@ -1647,10 +1739,10 @@ apply_workers(struct scope *sc, const char *key, yaml_node_t *v)
 	}
 	if ((rc = parse_int(s, &n)) == -1)
 		err_at(sc->ld, v->start_mark, "workers must be 'auto' or an "
-		    "integer, not '%s'", s);
+		    "integer, not '%s'", QUOTE(q, s));
 	else if (rc == -2 || n < 1 || n > 256)
 		err_at(sc->ld, v->start_mark, "workers %s is out of range "
-		    "(use 1..256, or auto for one per CPU)", s);
+		    "(use 1..256, or auto for one per CPU)", QUOTE(q, s));
 	else {
 		cfg->workers_auto = false;
 		cfg->workers = (unsigned)n;
@@ -1662,6 +1754,7 @@ apply_log_level(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	const char	*s;
 	size_t		 i;
+	char		 q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "a log level")) == NULL)
 		return;
@@ -1672,7 +1765,7 @@ apply_log_level(struct scope *sc, const char *key, yaml_node_t *v)
 		}
 	}
 	err_at(sc->ld, v->start_mark, "unknown log level '%s' (use debug, "
-	    "info, notice, warn or error)", s);
+	    "info, notice, warn or error)", QUOTE(q, s));
 }
 
 static const struct key_rule log_rules[] = {
@@ -1726,19 +1819,20 @@ apply_metrics_listen(struct scope *sc, const char *key, yaml_node_t *v)
 {
 	struct config	*cfg = sc->ld->cfg;
 	const char	*s;
-	char		 err[256];
+	char		 err[256], q[QUOTE_SIZE];
 
 	if ((s = get_scalar(sc, key, v, "a loopback address")) == NULL)
 		return;
+	QUOTE(q, s);
 	if (config_parse_addr(s, &cfg->metrics_addr, err, sizeof(err)) != 0) {
-		err_at(sc->ld, v->start_mark, "bad metrics address '%s': %s", s,
+		err_at(sc->ld, v->start_mark, "bad metrics address '%s': %s", q,
 		    err);
 		return;
 	}
 	if (!is_loopback(&cfg->metrics_addr)) {
 		err_at(sc->ld, v->start_mark, "metrics address '%s' is not a "
 		    "loopback TCP address (the endpoint has no authentication; "
-		    "use 127.0.0.1:PORT or [::1]:PORT)", s);
+		    "use 127.0.0.1:PORT or [::1]:PORT)", q);
 		return;
 	}
 	cfg->has_metrics = true;
@@ -1776,6 +1870,7 @@ static void
 join_upstream_names(const struct config *cfg, char *buf, size_t len)
 {
 	size_t	 i;
+	char	 q[NAME_MAX_LEN + 4];
 
 	buf[0] = '\0';
 	for (i = 0; i < cfg->nupstreams; i++) {
@@ -1783,7 +1878,8 @@ join_upstream_names(const struct config *cfg, char *buf, size_t len)
 			continue;
 		if (buf[0] != '\0')
 			strncat(buf, ", ", len - strlen(buf) - 1);
-		strncat(buf, cfg->upstreams[i].name, len - strlen(buf) - 1);
+		strncat(buf, QUOTE(q, cfg->upstreams[i].name),
+		    len - strlen(buf) - 1);
 	}
 }
 
@@ -1792,7 +1888,7 @@ resolve_listener(struct loader *ld, struct listener_draft *d)
 {
 	struct config	*cfg = ld->cfg;
 	const char	*name = node_text(d->upstream);
-	char		 known[512];
+	char		 known[512], q[QUOTE_SIZE];
 	size_t		 i;
 
 	for (i = 0; i < cfg->nupstreams; i++) {
@@ -1803,13 +1899,14 @@ resolve_listener(struct loader *ld, struct listener_draft *d)
 		}
 	}
 	join_upstream_names(cfg, known, sizeof(known));
+	QUOTE(q, name);
 	if (known[0] == '\0')
 		err_at(ld, d->upstream->start_mark, "%s names upstream '%s', "
 		    "which is not defined (no upstreams are defined: add it "
-		    "under upstreams:)", d->name, name);
+		    "under upstreams:)", d->name, q);
 	else
 		err_at(ld, d->upstream->start_mark, "%s names upstream '%s', "
-		    "which is not defined (known upstreams: %s)", d->name, name,
+		    "which is not defined (known upstreams: %s)", d->name, q,
 		    known);
 }
 
@@ -1829,20 +1926,22 @@ report_duplicate(struct loader *ld, const struct addr_use *first,
     const struct addr_use *dup)
 {
 	size_t	 line = first->mark.line + 1, col = first->mark.column + 1;
+	char	 q[QUOTE_SIZE];
 
+	QUOTE(q, dup->text);
 	if (dup->is_listener)
 		err_at(ld, dup->mark, "duplicate listen address %s in %s: "
 		    "already used by %s at line %zu, column %zu (give each "
-		    "listener its own address)", dup->text, dup->owner,
+		    "listener its own address)", q, dup->owner,
 		    first->owner, line, col);
 	else if (first->owner == dup->owner)
 		err_at(ld, dup->mark, "server %s is listed twice in %s (first "
-		    "at line %zu, column %zu; remove one)", dup->text,
+		    "at line %zu, column %zu; remove one)", q,
 		    dup->owner, line, col);
 	else
 		err_at(ld, dup->mark, "server %s in %s is already a server of "
 		    "%s at line %zu, column %zu (an address belongs to one "
-		    "upstream only: pools are keyed by address)", dup->text,
+		    "upstream only: pools are keyed by address)", q,
 		    dup->owner, first->owner, line, col);
 }
 
@@ -1855,6 +1954,7 @@ check_address_run(struct loader *ld, struct addr_use *run, size_t n)
 	struct addr_use	*first_listener = NULL, *first_server = NULL;
 	struct addr_use	**first;
 	size_t		 i;
+	char		 q[QUOTE_SIZE];
 
 	for (i = 0; i < n; i++) {
 		first = run[i].is_listener ? &first_listener : &first_server;
@@ -1867,7 +1967,7 @@ check_address_run(struct loader *ld, struct addr_use *run, size_t n)
 		err_at(ld, first_listener->mark, "%s listens on %s, which is "
 		    "also a server of %s: sidepool would proxy to itself (use "
 		    "another address)", first_listener->owner,
-		    first_listener->text, first_server->owner);
+		    QUOTE(q, first_listener->text), first_server->owner);
 }
 
 static void

@@ -1127,6 +1127,162 @@ START_TEST(test_errors_may_be_ignored_with_null)
 }
 END_TEST
 
+/* ---- values quoted in messages ---------------------------------------- */
+
+/* s is whole UTF-8: a value cut for a message is cut between characters. */
+static bool
+utf8_whole(const unsigned char *s)
+{
+	int	 more = 0;
+
+	for (; *s != '\0'; s++) {
+		if (more > 0) {
+			if ((*s & 0xc0) != 0x80)
+				return false;
+			more--;
+		} else if (*s >= 0xf0)
+			more = 3;
+		else if (*s >= 0xe0)
+			more = 2;
+		else if (*s >= 0xc0)
+			more = 1;
+		else if (*s >= 0x80)
+			return false;
+	}
+	return more == 0;
+}
+
+/*
+ * Load text, which must fail. Every message must be one line of at most
+ * max bytes of printable UTF-8 (a newline would split it in a log, an
+ * escape sequence would drive the terminal), and one must contain want.
+ */
+static void
+expect_quoted(const char *text, const char *want, size_t max)
+{
+	struct config_errors	 errs = { 0 };
+	char			 all[2048] = "";
+	bool			 found = false;
+	size_t			 i;
+
+	ck_assert_ptr_null(load(text, &errs));
+	for (i = 0; i < errs.n; i++) {
+		const unsigned char *m = (const unsigned char *)errs.msgs[i];
+
+		for (const unsigned char *p = m; *p != '\0'; p++)
+			ck_assert_msg(*p >= 0x20 && *p != 0x7f &&
+			    !(p[0] == 0xc2 && p[1] >= 0x80 && p[1] < 0xa0),
+			    "control byte 0x%02x at %zu in: %.300s", *p,
+			    (size_t)(p - m), m);
+		ck_assert_msg(strlen(errs.msgs[i]) <= max, "%zu bytes: %.300s",
+		    strlen(errs.msgs[i]), m);
+		ck_assert_msg(utf8_whole(m), "not whole UTF-8: %.300s", m);
+		found = found || strstr(errs.msgs[i], want) != NULL;
+		strncat(all, errs.msgs[i], sizeof(all) - strlen(all) - 1);
+		strncat(all, "\n", sizeof(all) - strlen(all) - 1);
+	}
+	ck_assert_msg(found, "no message contains \"%s\"; got:\n%s", want, all);
+	config_errors_clear(&errs);
+}
+
+START_TEST(test_value_with_a_newline_stays_on_one_line)
+{
+	/* the fuzzer's input (K3): a quoted scalar folded to "\n" */
+	expect_quoted("listeners:\n- mode: \"\n\n\"\n",
+	    "test.yml:2:9: mode '\\n' in listener #1 is not an octal number",
+	    1024);
+	expect_quoted("pid_file: \"run\\r\\nx\"\n" MINIMAL,
+	    "pid_file 'run\\r\\nx' must be an absolute path", 1024);
+	expect_quoted("log: { level: \"de\\tbug\" }\n" MINIMAL,
+	    "unknown log level 'de\\tbug'", 1024);
+	expect_quoted("workers: \"4\\n\"\n" MINIMAL,
+	    "workers must be 'auto' or an integer, not '4\\n'", 1024);
+	expect_quoted(MINIMAL "    pool: { idle_timeout: \"5\\ns\" }\n",
+	    "idle_timeout '5\\ns' in pool of upstream 'redis' has an unknown "
+	    "unit", 1024);
+	expect_quoted(MINIMAL "    refuse_commands: [ \"keys\\n\" ]\n",
+	    "'keys\\n' in refuse_commands in upstream 'redis' is not a "
+	    "command name", 1024);
+	expect_quoted("\"work\\ners\": 2\n" MINIMAL,
+	    "unknown key 'work\\ners' at the top level", 1024);
+}
+END_TEST
+
+START_TEST(test_addresses_with_control_bytes_are_escaped)
+{
+	expect_quoted(
+	    "listeners:\n"
+	    "  - listen: \"127.0.0.1:\\n80\"\n"
+	    "    upstream: redis\n"
+	    "upstreams:\n"
+	    "  redis: { protocol: redis, servers: [ 127.0.0.1:6379 ] }\n",
+	    "bad listen address '127.0.0.1:\\n80' in listener #1: port "
+	    "'\\n80' in '127.0.0.1:\\n80' is not a number", 1024);
+	/* a unix path may hold anything: its canonical text is quoted too */
+	expect_quoted(
+	    "listeners:\n"
+	    "  - { listen: \"/tmp/a\\nb\", upstream: redis }\n"
+	    "  - { listen: \"unix:/tmp/a\\nb\", upstream: redis }\n"
+	    "upstreams:\n"
+	    "  redis: { protocol: redis, servers: [ 127.0.0.1:6379 ] }\n",
+	    "duplicate listen address unix:/tmp/a\\nb in listener #2", 1024);
+}
+END_TEST
+
+START_TEST(test_upstream_name_with_control_bytes_is_escaped_everywhere)
+{
+	/* the name is in every message about its upstream, and in the
+	 * list of known upstreams */
+	static const char text[] =
+	    "listeners:\n"
+	    "  - { listen: 127.0.0.1:6380, upstream: nowhere }\n"
+	    "upstreams:\n"
+	    "  \"a\\x1b[2Jb\":\n"
+	    "    servers: [ 127.0.0.1:6379 ]\n";
+
+	expect_quoted(text, "upstream name 'a\\x1b[2Jb' is not valid", 1024);
+	expect_quoted(text, "upstream 'a\\x1b[2Jb' has no protocol", 1024);
+	expect_quoted(text, "known upstreams: a\\x1b[2Jb)", 1024);
+}
+END_TEST
+
+START_TEST(test_backslash_in_a_value_is_shown_doubled)
+{
+	/* else 'a\nb' could be a newline or a backslash and an n */
+	expect_quoted("pid_file: 'a\\nb'\n" MINIMAL,
+	    "pid_file 'a\\\\nb' must be an absolute path", 1024);
+}
+END_TEST
+
+START_TEST(test_long_values_are_cut_in_messages)
+{
+	char	*text = malloc(20000), *p;
+	size_t	 i;
+
+	ck_assert_ptr_nonnull(text);
+	/* 5000 bytes of a path, 300 digits of a number */
+	p = text + sprintf(text, "pid_file: ");
+	memset(p, 'a', 5000);
+	p += 5000;
+	p += sprintf(p, "\nworkers: ");
+	memset(p, '9', 300);
+	p += 300;
+	sprintf(p, "\n" MINIMAL);
+	expect_quoted(text, "pid_file 'aaaaaaaa", 400);
+	expect_quoted(text, "aaaa...' must be an absolute path", 400);
+	expect_quoted(text, "workers 9999", 400);
+	expect_quoted(text, "99... is out of range", 400);
+
+	/* a cut falls between characters: 2000 x "é" (2 bytes each) */
+	p = text + sprintf(text, "pid_file: ");
+	for (i = 0; i < 2000; i++)
+		p += sprintf(p, "\xc3\xa9");
+	sprintf(p, "\n" MINIMAL);
+	expect_quoted(text, "\xc3\xa9...' must be an absolute path", 400);
+	free(text);
+}
+END_TEST
+
 /* ---- files ------------------------------------------------------------ */
 
 START_TEST(test_config_load_reads_a_file)
@@ -1286,6 +1442,15 @@ config_suite(void)
 	tcase_add_test(tc, test_all_errors_are_collected);
 	tcase_add_test(tc, test_too_many_errors_are_capped);
 	tcase_add_test(tc, test_errors_may_be_ignored_with_null);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("quoting");
+	tcase_add_test(tc, test_value_with_a_newline_stays_on_one_line);
+	tcase_add_test(tc, test_addresses_with_control_bytes_are_escaped);
+	tcase_add_test(tc,
+	    test_upstream_name_with_control_bytes_is_escaped_everywhere);
+	tcase_add_test(tc, test_backslash_in_a_value_is_shown_doubled);
+	tcase_add_test(tc, test_long_values_are_cut_in_messages);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("files");
