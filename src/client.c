@@ -4,9 +4,13 @@
  * here), and write the replies back in the order the requests came.
  *
  * Order: a client's requests all ride on one backend connection while any
- * is in flight (c->bound), so the server runs them in the order sent, and
+ * is in flight (bound), so the server runs them in the order sent, and
  * replies that complete out of turn wait in their request until every
  * earlier one has been written.
+ *
+ * Memory: an idle client is struct client alone (client.h). What talking
+ * needs is its conversation, made at the first read that returns data and
+ * given back once the client has been quiet for QUIET_MS.
  */
 #include "client.h"
 
@@ -24,6 +28,37 @@
 #define CLIENT_READ_CHUNK (16 * 1024)
 #define CLIENT_READ_BUDGET (256 * 1024)
 
+/* Long enough that a client between two requests keeps its conversation,
+ * so the request path allocates nothing; short enough that a pool of
+ * connections gone quiet gives its memory back within seconds. */
+#define QUIET_MS 1000
+
+/* What a client needs while it talks (see struct client). */
+struct conversation {
+	LIST_ENTRY(conversation) link; /* in env->talking while open */
+	struct client *client;
+	struct evbuffer *in;
+	struct evbuffer *out;
+	struct request_queue reqs;    /* in the order the client sent them */
+	unsigned npending;            /* requests not yet answered */
+	unsigned nsent;               /* of which at a server */
+	struct backend *bound;        /* carries all of those at a server */
+	struct backend *dedicated;    /* its own connection, for a session */
+	struct request *stream;       /* on dedicated: takes every reply */
+	struct backend *paused;       /* whose reads wait for us to catch up */
+	struct pool_waiter waiter;    /* queued for a connection of its own */
+	struct reqinfo pending;       /* ... for this request, still in in */
+	size_t stored;                /* bytes of replies kept out of turn */
+	struct client *dirty_next;
+	bool has_pending;
+	bool retry_pending;           /* woken: try again at the end of event */
+	bool pending_timed_out;
+	bool dirty;
+	bool write_armed;
+	bool wait_switch;             /* a request waits for nsent == 0 */
+	struct event wev;
+};
+
 static void on_client_read(evutil_socket_t fd, short what, void *arg);
 static void on_client_write(evutil_socket_t fd, short what, void *arg);
 static void process_input(struct client *c);
@@ -31,12 +66,13 @@ static void process_input(struct client *c);
 static void
 mark_dirty(struct client *c)
 {
-	struct client_env *env = c->env;
+	struct client_env *env = c->route->env;
+	struct conversation *cv = c->conv;
 
-	if (c->dirty)
+	if (cv->dirty)
 		return;
-	c->dirty = true;
-	c->dirty_next = env->dirty;
+	cv->dirty = true;
+	cv->dirty_next = env->dirty;
 	env->dirty = c;
 	event_active(env->flush_ev, EV_TIMEOUT, 0);
 }
@@ -54,46 +90,29 @@ set_reading(struct client *c, bool on)
 }
 
 struct client *
-client_new(struct client_env *env, struct route *route,
-    const struct cfg_listener *listener, atomic_uint *listener_count, int fd)
+client_new(struct route *route, size_t listener, int fd)
 {
-	const struct proto *proto = route->proto;
-	struct client *c = calloc(1, sizeof(*c) + proto->req_state_size);
+	struct client_env *env = route->env;
+	struct client *c = calloc(1, sizeof(*c));
 
 	if (c == NULL)
 		return NULL;
-	c->in = evbuffer_new();
-	c->out = evbuffer_new();
-	if (c->in == NULL || c->out == NULL) {
-		if (c->in != NULL)
-			evbuffer_free(c->in);
-		if (c->out != NULL)
-			evbuffer_free(c->out);
-		free(c);
-		return NULL;
-	}
-	c->env = env;
 	c->route = route;
-	c->listener = listener;
-	c->listener_count = listener_count;
+	c->listener = (uint16_t)listener;
 	c->fd = fd;
 	/* Unique across workers: CLIENT ID and HELLO show it. */
 	c->id = (++env->next_id << 8) | env->worker_id;
 	c->state = CLIENT_OPEN;
 	c->created_ms = c->last_active_ms = clock_ms();
-	TAILQ_INIT(&c->reqs);
-	proto->req_init(c->parser);
 	event_assign(&c->rev, env->base, fd, EV_READ | EV_PERSIST,
 	    on_client_read, c);
-	event_assign(&c->wev, env->base, fd, EV_WRITE | EV_PERSIST,
-	    on_client_write, c);
 	set_reading(c, true);
 	TAILQ_INSERT_TAIL(&env->clients, c, link);
 	env->nclients++;
 	route->nclients++;
 	env->stats->clients_accepted++;
 	log_debug("client #%llu: connected on %s", (unsigned long long)c->id,
-	    listener->addr.text);
+	    client_listener(c)->cfg->addr.text);
 	return c;
 }
 
@@ -111,6 +130,116 @@ client_reject(const struct route *route, int fd, const char *msg)
 	close(fd);
 }
 
+/* ---- conversations --------------------------------------------------------- */
+
+/* The client talks (for the first time, or again after going quiet): it
+ * gets what that needs. The protocol's state is made once and kept. */
+static int
+start_conversation(struct client *c)
+{
+	const struct proto *proto = c->route->proto;
+	struct client_env *env = c->route->env;
+	struct conversation *cv;
+
+	if (c->parser == NULL) {
+		if ((c->parser = calloc(1, proto->req_state_size)) == NULL)
+			return -1;
+		proto->req_init(c->parser);
+	}
+	if ((cv = calloc(1, sizeof(*cv))) == NULL)
+		return -1;
+	cv->in = evbuffer_new();
+	cv->out = evbuffer_new();
+	if (cv->in == NULL || cv->out == NULL) {
+		if (cv->in != NULL)
+			evbuffer_free(cv->in);
+		if (cv->out != NULL)
+			evbuffer_free(cv->out);
+		free(cv);
+		return -1;
+	}
+	cv->client = c;
+	TAILQ_INIT(&cv->reqs);
+	event_assign(&cv->wev, env->base, c->fd, EV_WRITE | EV_PERSIST,
+	    on_client_write, c);
+	LIST_INSERT_HEAD(&env->talking, cv, link);
+	c->conv = cv;
+	return 0;
+}
+
+static void
+free_conversation(struct conversation *cv)
+{
+	event_del(&cv->wev);
+	evbuffer_free(cv->in);
+	evbuffer_free(cv->out);
+	free(cv);
+}
+
+/* Nothing owed either way, nothing held, nothing waiting, and no read for
+ * QUIET_MS: what the conversation holds can go. */
+static bool
+is_quiet(const struct client *c, uint64_t now)
+{
+	const struct conversation *cv = c->conv;
+
+	return c->state == CLIENT_OPEN && c->reading &&
+	    now - c->last_active_ms >= QUIET_MS &&
+	    cv->npending == 0 && cv->stream == NULL &&
+	    cv->dedicated == NULL && cv->bound == NULL && cv->paused == NULL &&
+	    cv->waiter.pool == NULL && !cv->has_pending && !cv->retry_pending &&
+	    !cv->wait_switch && !cv->dirty && !cv->write_armed &&
+	    evbuffer_get_length(cv->in) == 0 &&
+	    evbuffer_get_length(cv->out) == 0;
+}
+
+/*
+ * Quiet clients give their conversations back. Once every QUIET_MS, over
+ * the talking clients only (idle ones have nothing to give), so neither
+ * the request path nor the idle clients pay for it; a client that talks
+ * again gets a new conversation at its next read.
+ */
+void
+client_release_quiet(struct client_env *env, uint64_t now)
+{
+	struct conversation *cv, *next;
+
+	if (now < env->quiet_scan_ms)
+		return;
+	env->quiet_scan_ms = now + QUIET_MS;
+	for (cv = LIST_FIRST(&env->talking); cv != NULL; cv = next) {
+		next = LIST_NEXT(cv, link);
+		struct client *c = cv->client;
+		if (!is_quiet(c, now))
+			continue;
+		LIST_REMOVE(cv, link);
+		c->conv = NULL;
+		free_conversation(cv);
+	}
+}
+
+/* Replies not yet written: a client shutting down is drained, not closed. */
+bool
+client_owes_replies(const struct client *c)
+{
+	return c->conv != NULL && (c->conv->npending > 0 ||
+	    evbuffer_get_length(c->conv->out) > 0);
+}
+
+size_t
+client_input_length(const struct client *c)
+{
+	return c->conv != NULL ? evbuffer_get_length(c->conv->in) : 0;
+}
+
+size_t
+client_output_length(const struct client *c)
+{
+	return c->conv != NULL ? evbuffer_get_length(c->conv->out) : 0;
+}
+
+/* ---- sessions -------------------------------------------------------------- */
+
 static void on_dedicated_lost(void *arg);
 static void release_backend(struct client *c);
 
@@ -122,16 +251,17 @@ static void release_backend(struct client *c);
 static void
 release_dedicated(struct client *c, bool drop)
 {
-	struct backend *b = c->dedicated;
+	struct conversation *cv = c->conv;
+	struct backend *b = cv->dedicated;
 
 	if (b == NULL)
 		return;
-	c->dedicated = NULL;
-	if (c->bound == b)
-		c->bound = NULL;
-	if (c->stream != NULL) {
-		backend_end_stream(b, c->stream);
-		c->stream = NULL;
+	cv->dedicated = NULL;
+	if (cv->bound == b)
+		cv->bound = NULL;
+	if (cv->stream != NULL) {
+		backend_end_stream(b, cv->stream);
+		cv->stream = NULL;
 		drop = true; /* replies may still be coming: nobody to read them */
 	}
 	if (drop) {
@@ -150,15 +280,16 @@ static void
 abandon_session(struct client *c)
 {
 	const struct proto *proto = c->route->proto;
-	struct backend *b = c->dedicated;
+	struct conversation *cv = c->conv;
+	struct backend *b = cv->dedicated;
 
 	if (b == NULL)
 		return;
-	int n = proto->abandon != NULL && c->stream == NULL ?
+	int n = proto->abandon != NULL && cv->stream == NULL ?
 	    proto->abandon(c->parser, b->out) : -1;
 	if (n > 0)
 		backend_queue_internal(b, (unsigned)n, false);
-	if (c->dedicated != NULL) /* backend_queue_internal may close it */
+	if (cv->dedicated != NULL) /* backend_queue_internal may close it */
 		release_dedicated(c, n < 0);
 }
 
@@ -168,53 +299,70 @@ static void
 maybe_release(struct client *c)
 {
 	const struct proto *proto = c->route->proto;
+	struct conversation *cv = c->conv;
 
-	if (c->dedicated == NULL || c->nsent > 0 || c->stream != NULL)
+	if (cv->dedicated == NULL || cv->nsent > 0 || cv->stream != NULL)
 		return;
 	if (proto->session_active != NULL && proto->session_active(c->parser))
 		return;
 	release_dedicated(c, false);
 }
 
-void
-client_close(struct client *c, const char *why)
+/* ---- closing ----------------------------------------------------------------- */
+
+/* Requests still at a server become orphans: their backend reads the
+ * replies and drops them. Finished ones just go. Whatever the client held
+ * is given back. Its memory goes at the end of the event (client_reap). */
+static void
+end_conversation(struct client *c)
 {
-	struct client_env *env = c->env;
+	struct client_env *env = c->route->env;
+	struct conversation *cv = c->conv;
 	struct request *req, *next;
 
-	if (c->state == CLIENT_CLOSED)
-		return;
-	log_debug("client #%llu: closed: %s", (unsigned long long)c->id, why);
-	c->state = CLIENT_CLOSED;
-	event_del(&c->rev);
-	event_del(&c->wev);
-	close(c->fd);
-	c->fd = -1;
-	/* Requests still at a server become orphans: their backend reads the
-	 * replies and drops them. Finished ones just go. */
-	for (req = TAILQ_FIRST(&c->reqs); req != NULL; req = next) {
+	for (req = TAILQ_FIRST(&cv->reqs); req != NULL; req = next) {
 		next = TAILQ_NEXT(req, client_link);
 		if (req->state == REQ_SENT)
 			req->client = NULL;
 		else
 			request_free(&env->requests, req);
 	}
-	TAILQ_INIT(&c->reqs);
-	c->npending = 0;
-	c->nsent = 0;
-	c->bound = NULL;
-	c->stored = 0;
+	TAILQ_INIT(&cv->reqs);
+	cv->npending = 0;
+	cv->nsent = 0;
+	cv->bound = NULL;
+	cv->stored = 0;
 	release_backend(c);
-	pool_unwait(&c->waiter);
-	c->has_pending = false;
+	pool_unwait(&cv->waiter);
+	cv->has_pending = false;
 	abandon_session(c);
-	if (c->route->proto->req_free != NULL)
-		c->route->proto->req_free(c->parser);
+	LIST_REMOVE(cv, link);
+}
+
+void
+client_close(struct client *c, const char *why)
+{
+	struct route *route = c->route;
+	struct client_env *env = route->env;
+
+	if (c->state == CLIENT_CLOSED)
+		return;
+	log_debug("client #%llu: closed: %s", (unsigned long long)c->id, why);
+	c->state = CLIENT_CLOSED;
+	event_del(&c->rev);
+	if (c->conv != NULL)
+		event_del(&c->conv->wev);
+	close(c->fd);
+	c->fd = -1;
+	if (c->conv != NULL)
+		end_conversation(c);
+	if (c->parser != NULL && route->proto->req_free != NULL)
+		route->proto->req_free(c->parser);
 	TAILQ_REMOVE(&env->clients, c, link);
 	env->nclients--;
-	c->route->nclients--;
+	route->nclients--;
 	env->stats->clients_closed++;
-	atomic_fetch_sub(c->listener_count, 1);
+	atomic_fetch_sub(&client_listener(c)->count->clients, 1);
 	c->dead_next = env->dead;
 	env->dead = c;
 	event_active(env->flush_ev, EV_TIMEOUT, 0);
@@ -226,10 +374,16 @@ client_drain(struct client *c)
 {
 	if (c->state != CLIENT_OPEN)
 		return;
+	if (c->conv == NULL) {
+		client_close(c, "done"); /* nothing owed */
+		return;
+	}
 	c->state = CLIENT_DRAINING;
 	set_reading(c, false);
 	mark_dirty(c);
 }
+
+/* ---- replies ------------------------------------------------------------------- */
 
 /* Put a finished reply where it belongs: on the wire if every earlier
  * request has been answered, else kept in the request until they are. */
@@ -249,46 +403,51 @@ store_reply(struct client *c, struct request *req, struct evbuffer *dst,
 static void
 release_done(struct client *c)
 {
+	struct conversation *cv = c->conv;
 	struct request *req;
 
-	while ((req = TAILQ_FIRST(&c->reqs)) != NULL &&
+	while ((req = TAILQ_FIRST(&cv->reqs)) != NULL &&
 	    req->state == REQ_DONE) {
-		TAILQ_REMOVE(&c->reqs, req, client_link);
-		c->npending--;
+		TAILQ_REMOVE(&cv->reqs, req, client_link);
+		cv->npending--;
 		if (req->reply != NULL) {
-			c->stored -= evbuffer_get_length(req->reply);
-			evbuffer_add_buffer(c->out, req->reply);
+			cv->stored -= evbuffer_get_length(req->reply);
+			evbuffer_add_buffer(cv->out, req->reply);
 		}
-		request_free(&c->env->requests, req);
+		request_free(&c->route->env->requests, req);
 	}
 	mark_dirty(c);
 }
 
 static size_t
-buffered(const struct client *c)
+buffered(const struct conversation *cv)
 {
-	return evbuffer_get_length(c->out) + c->stored;
+	return evbuffer_get_length(cv->out) + cv->stored;
 }
 
 /* Too much owed to a client that does not read: stop reading the
  * connection its replies come from until it catches up. */
-static void
+static inline void
 hold_backend(struct client *c, struct backend *b)
 {
-	if (b == NULL || c->paused != NULL ||
-	    buffered(c) <= c->route->upstream->limits.max_output)
+	struct conversation *cv = c->conv;
+
+	if (b == NULL || cv->paused != NULL ||
+	    buffered(cv) <= c->route->upstream->limits.max_output)
 		return;
-	c->paused = b;
+	cv->paused = b;
 	backend_pause(b);
 }
 
 static void
 release_backend(struct client *c)
 {
-	if (c->paused == NULL)
+	struct conversation *cv = c->conv;
+
+	if (cv->paused == NULL)
 		return;
-	backend_resume(c->paused);
-	c->paused = NULL;
+	backend_resume(cv->paused);
+	cv->paused = NULL;
 }
 
 static void
@@ -296,22 +455,24 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
     bool drop, const char *errmsg)
 {
 	struct client *c = req->client;
+	struct conversation *cv = c->conv;
 	const struct proto *proto = c->route->proto;
 	struct backend *from = req->backend;
 
 	if (errmsg == NULL && proto->reply_seen != NULL)
 		proto->reply_seen(c->parser, req->pflags, src, len);
-	if (--c->nsent == 0) {
-		c->bound = NULL; /* free to use any connection again */
-		maybe_release(c);
-		if (c->wait_switch) {
-			c->wait_switch = false;
+	if (--cv->nsent == 0) {
+		cv->bound = NULL; /* free to use any connection again */
+		if (cv->dedicated != NULL)
+			maybe_release(c);
+		if (cv->wait_switch) {
+			cv->wait_switch = false;
 			mark_dirty(c); /* resumes reading and parsing */
 		}
 	}
 	req->state = REQ_DONE;
-	if (req == TAILQ_FIRST(&c->reqs)) {
-		store_reply(c, req, c->out, src, len, drop, errmsg);
+	if (req == TAILQ_FIRST(&cv->reqs)) {
+		store_reply(c, req, cv->out, src, len, drop, errmsg);
 		release_done(c);
 		hold_backend(c, errmsg == NULL ? from : NULL);
 		return;
@@ -323,7 +484,7 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
 		return;
 	}
 	store_reply(c, req, req->reply, src, len, drop, errmsg);
-	c->stored += evbuffer_get_length(req->reply);
+	cv->stored += evbuffer_get_length(req->reply);
 	hold_backend(c, errmsg == NULL ? from : NULL);
 }
 
@@ -331,30 +492,32 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
 static void
 queue_local_reply(struct client *c, struct evbuffer *reply)
 {
-	if (c->npending == 0) {
-		evbuffer_add_buffer(c->out, reply);
+	struct conversation *cv = c->conv;
+
+	if (cv->npending == 0) {
+		evbuffer_add_buffer(cv->out, reply);
 		mark_dirty(c);
 		return;
 	}
-	struct request *req = request_new(&c->env->requests);
+	struct request *req = request_new(&c->route->env->requests);
 	if (req == NULL || (req->reply = evbuffer_new()) == NULL) {
 		if (req != NULL)
-			request_free(&c->env->requests, req);
+			request_free(&c->route->env->requests, req);
 		client_close(c, "out of memory");
 		return;
 	}
 	evbuffer_add_buffer(req->reply, reply);
-	c->stored += evbuffer_get_length(req->reply);
+	cv->stored += evbuffer_get_length(req->reply);
 	req->client = c;
 	req->state = REQ_DONE;
-	TAILQ_INSERT_TAIL(&c->reqs, req, client_link);
-	c->npending++;
+	TAILQ_INSERT_TAIL(&cv->reqs, req, client_link);
+	cv->npending++;
 }
 
 static void
 reply_error(struct client *c, uint32_t pflags, const char *msg)
 {
-	struct evbuffer *scratch = c->env->scratch;
+	struct evbuffer *scratch = c->route->env->scratch;
 
 	c->route->proto->error_reply(scratch, pflags, msg);
 	queue_local_reply(c, scratch);
@@ -366,26 +529,27 @@ on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
     bool drop, const char *errmsg)
 {
 	struct client *c = req->client;
+	struct conversation *cv = c->conv;
 	const struct proto *proto = c->route->proto;
 
 	if (errmsg != NULL) {
 		/* The connection is gone, and the request with it. */
-		c->stream = NULL;
-		request_free(&c->env->requests, req);
-		proto->error_reply(c->out, 0, errmsg);
+		cv->stream = NULL;
+		request_free(&c->route->env->requests, req);
+		proto->error_reply(cv->out, 0, errmsg);
 		mark_dirty(c);
 		return;
 	}
 	if (proto->reply_seen != NULL)
 		proto->reply_seen(c->parser, 0, src, len);
-	evbuffer_remove_buffer(src, c->out, len);
+	evbuffer_remove_buffer(src, cv->out, len);
 	mark_dirty(c);
 	hold_backend(c, req->backend);
 	if (proto->session_active != NULL && !proto->session_active(c->parser)) {
 		/* Unsubscribed from everything, every reply read: the
 		 * connection is clean and goes back to the pool. */
-		backend_end_stream(c->dedicated, req);
-		c->stream = NULL;
+		backend_end_stream(cv->dedicated, req);
+		cv->stream = NULL;
 		maybe_release(c);
 	}
 }
@@ -394,15 +558,16 @@ static void
 on_dedicated_lost(void *arg)
 {
 	struct client *c = arg;
+	struct conversation *cv = c->conv;
 	const struct proto *proto = c->route->proto;
 	bool binding;
 
 	binding = proto->session_binding != NULL &&
 	    proto->session_binding(c->parser);
-	if (c->bound == c->dedicated)
-		c->bound = NULL;
-	c->dedicated = NULL;
-	c->stream = NULL;
+	if (cv->bound == cv->dedicated)
+		cv->bound = NULL;
+	cv->dedicated = NULL;
+	cv->stream = NULL;
 	if (proto->session_reset != NULL)
 		proto->session_reset(c->parser);
 	/*
@@ -415,6 +580,8 @@ on_dedicated_lost(void *arg)
 		client_drain(c);
 }
 
+/* ---- requests ------------------------------------------------------------------ */
+
 /* The connection a request goes to: the client's own if it has one (or
  * needs one now), else the one carrying its requests in flight, else any
  * the pool gives. NULL with err when there is none to be had. */
@@ -422,30 +589,31 @@ static struct backend *
 pick_backend(struct client *c, const struct reqinfo *ri, char *err,
     size_t errlen)
 {
+	struct conversation *cv = c->conv;
 	struct pool *pool = c->route->pools[0];
 	struct backend *b;
 
-	if (c->dedicated != NULL)
-		return c->dedicated;
+	if (cv->dedicated != NULL)
+		return cv->dedicated;
 	if (ri->need == NEED_SHARED)
-		return c->bound != NULL ? c->bound :
+		return cv->bound != NULL ? cv->bound :
 		    pool_acquire(pool, clock_ms(), err, errlen);
 	if ((b = pool_acquire_dedicated(pool, clock_ms(), err, errlen)) == NULL)
 		return NULL;
 	backend_set_owner(b, c, on_dedicated_lost);
-	c->dedicated = b;
+	cv->dedicated = b;
 	return b;
 }
 
 static void
 on_pool_wake(struct pool_waiter *w, bool timed_out)
 {
-	struct client *c = (struct client *)((char *)w -
-	    offsetof(struct client, waiter));
+	struct conversation *cv = (struct conversation *)((char *)w -
+	    offsetof(struct conversation, waiter));
 
-	c->retry_pending = true;
-	c->pending_timed_out = timed_out;
-	mark_dirty(c);
+	cv->retry_pending = true;
+	cv->pending_timed_out = timed_out;
+	mark_dirty(cv->client);
 }
 
 /*
@@ -457,24 +625,27 @@ on_pool_wake(struct pool_waiter *w, bool timed_out)
 static bool
 wait_for_connection(struct client *c, const struct reqinfo *ri)
 {
+	struct conversation *cv = c->conv;
 	struct pool *pool = c->route->pools[0];
 
 	if (pool->down)
 		return false;
-	c->waiter.wake = on_pool_wake;
-	if (pool_wait(pool, &c->waiter, clock_ms()) == -1)
+	cv->waiter.wake = on_pool_wake;
+	if (pool_wait(pool, &cv->waiter, clock_ms()) == -1)
 		return false;
-	c->pending = *ri;
-	c->pending.reply = NULL;
-	c->has_pending = true;
+	cv->pending = *ri;
+	cv->pending.reply = NULL;
+	cv->has_pending = true;
 	set_reading(c, false);
 	return true;
 }
 
-/* Send the request at the head of c->in (ri->len bytes) to a server. */
+/* Send the request at the head of the input (ri->len bytes) to a server. */
 static void
 forward_request(struct client *c, const struct reqinfo *ri)
 {
+	struct conversation *cv = c->conv;
+	struct client_env *env = c->route->env;
 	const struct proto *proto = c->route->proto;
 	char err[256];
 	struct backend *b = pick_backend(c, ri, err, sizeof(err));
@@ -482,7 +653,7 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	if (b == NULL && wait_for_connection(c, ri))
 		return;
 	if (b == NULL) {
-		evbuffer_drain(c->in, ri->len);
+		evbuffer_drain(cv->in, ri->len);
 		if (ri->need != NEED_SHARED && proto->session_reset != NULL)
 			proto->session_reset(c->parser);
 		reply_error(c, ri->pflags, err);
@@ -493,13 +664,13 @@ forward_request(struct client *c, const struct reqinfo *ri)
 		backend_queue_internal(b, proto->prepare(b->parser, c->parser,
 		    ri->pflags, b->out), false);
 	if (b->state == BACKEND_CLOSED) {
-		evbuffer_drain(c->in, ri->len);
+		evbuffer_drain(cv->in, ri->len);
 		reply_error(c, ri->pflags, "connection lost");
 		return;
 	}
-	if (ri->need == NEED_STREAM || c->stream != NULL) {
-		if (c->stream == NULL) {
-			struct request *sreq = request_new(&c->env->requests);
+	if (ri->need == NEED_STREAM || cv->stream != NULL) {
+		if (cv->stream == NULL) {
+			struct request *sreq = request_new(&env->requests);
 			if (sreq == NULL) {
 				client_close(c, "out of memory");
 				return;
@@ -507,12 +678,12 @@ forward_request(struct client *c, const struct reqinfo *ri)
 			sreq->client = c;
 			sreq->done = on_stream_reply;
 			backend_start_stream(b, sreq);
-			c->stream = sreq;
+			cv->stream = sreq;
 		}
-		backend_send_raw(b, c->in, ri->len);
+		backend_send_raw(b, cv->in, ri->len);
 		return;
 	}
-	struct request *req = request_new(&c->env->requests);
+	struct request *req = request_new(&env->requests);
 	if (req == NULL) {
 		client_close(c, "out of memory");
 		return;
@@ -520,11 +691,11 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	req->client = c;
 	req->done = on_request_done;
 	req->pflags = ri->pflags;
-	TAILQ_INSERT_TAIL(&c->reqs, req, client_link);
-	c->npending++;
-	c->nsent++;
-	c->bound = b;
-	backend_send(b, req, c->in, ri->len);
+	TAILQ_INSERT_TAIL(&cv->reqs, req, client_link);
+	cv->npending++;
+	cv->nsent++;
+	cv->bound = b;
+	backend_send(b, req, cv->in, ri->len);
 	req->no_timeout = ri->no_timeout;
 }
 
@@ -533,20 +704,22 @@ over_limits(const struct client *c)
 {
 	const struct cfg_limits *lim = &c->route->upstream->limits;
 
-	return c->npending >= lim->max_pending ||
-	    evbuffer_get_length(c->out) >= lim->max_output;
+	return c->conv->npending >= lim->max_pending ||
+	    evbuffer_get_length(c->conv->out) >= lim->max_output;
 }
 
-/* Cut c->in into requests and dispatch each, until it runs dry, a limit
- * pauses reading, or the client must close. */
+/* Cut the input into requests and dispatch each, until it runs dry, a
+ * limit pauses reading, or the client must close. */
 static void
 process_input(struct client *c)
 {
+	struct conversation *cv = c->conv;
 	const struct proto *proto = c->route->proto;
 	const struct cfg_limits *lim = &c->route->upstream->limits;
-	struct evbuffer *scratch = c->env->scratch;
+	struct worker_stats *stats = c->route->env->stats;
+	struct evbuffer *scratch = c->route->env->scratch;
 
-	while (c->state == CLIENT_OPEN && evbuffer_get_length(c->in) > 0) {
+	while (c->state == CLIENT_OPEN && evbuffer_get_length(cv->in) > 0) {
 		if (over_limits(c)) {
 			set_reading(c, false); /* resumed when replies drain */
 			return;
@@ -555,46 +728,46 @@ process_input(struct client *c)
 			.reply = scratch,
 			.upstream = c->route->upstream,
 			.client_id = c->id,
-			.has_dedicated = c->dedicated != NULL,
-			.can_switch = c->nsent == 0,
+			.has_dedicated = cv->dedicated != NULL,
+			.can_switch = cv->nsent == 0,
 		};
-		enum proto_verdict v = proto->parse_request(c->parser, c->in,
+		enum proto_verdict v = proto->parse_request(c->parser, cv->in,
 		    lim, &ri);
 		if (ri.drop_session)
 			release_dedicated(c, true);
 		switch (v) {
 		case PV_NEED_MORE:
-			if (evbuffer_get_length(c->in) > lim->max_request_size) {
+			if (evbuffer_get_length(cv->in) > lim->max_request_size) {
 				reply_error(c, 0, "request larger than "
 				    "max_request_size");
 				client_drain(c);
 			}
 			return;
 		case PV_FORWARD:
-			c->env->stats->requests++;
+			stats->requests++;
 			forward_request(c, &ri);
-			if (c->has_pending)
-				return; /* it waits at the head of c->in */
+			if (cv->has_pending)
+				return; /* it waits at the head of the input */
 			break;
 		case PV_WAIT:
 			/* It needs another connection than the one its
 			 * requests are on: wait for them, keep the order. */
-			c->wait_switch = true;
+			cv->wait_switch = true;
 			set_reading(c, false);
 			return;
 		case PV_LOCAL:
-			c->env->stats->local_replies++;
-			evbuffer_drain(c->in, ri.len);
+			stats->local_replies++;
+			evbuffer_drain(cv->in, ri.len);
 			queue_local_reply(c, scratch);
 			break;
 		case PV_SKIP:
-			evbuffer_drain(c->in, ri.len);
+			evbuffer_drain(cv->in, ri.len);
 			break;
 		case PV_LOCAL_CLOSE:
 		case PV_ERROR_CLOSE:
 			if (v == PV_ERROR_CLOSE)
-				c->env->stats->protocol_errors++;
-			evbuffer_drain(c->in, evbuffer_get_length(c->in));
+				stats->protocol_errors++;
+			evbuffer_drain(cv->in, evbuffer_get_length(cv->in));
 			queue_local_reply(c, scratch);
 			client_drain(c);
 			return;
@@ -602,15 +775,63 @@ process_input(struct client *c)
 	}
 }
 
+/* ---- reading and writing ------------------------------------------------------ */
+
+/*
+ * The first read of a client without a conversation goes to the stack, so
+ * that a client that only connects and closes (a health check, a pool
+ * filling up) allocates nothing; the conversation is made once there are
+ * bytes to keep. Returns what read(2) does; -1 with ENOMEM when there is
+ * no memory for the conversation.
+ */
+static ssize_t
+read_to_start(struct client *c)
+{
+	char first[CLIENT_READ_CHUNK];
+	ssize_t n = read(c->fd, first, sizeof(first));
+
+	if (n <= 0)
+		return n;
+	if (start_conversation(c) == -1 ||
+	    evbuffer_add(c->conv->in, first, (size_t)n) == -1) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return n;
+}
+
+/* End of stream from the client. */
+static void
+on_client_eof(struct client *c)
+{
+	const struct proto *proto = c->route->proto;
+
+	if (c->conv == NULL) {
+		client_close(c, "closed by client");
+		return;
+	}
+	/* A half-close ("send these, then EOF") still gets every reply, as
+	 * redis-server gives it; but a client gone in the middle of a
+	 * session (blocked in BLPOP, subscribed, in MULTI) is gone: its
+	 * session is abandoned now, not when the server answers. */
+	process_input(c);
+	if (proto->session_active != NULL && proto->session_active(c->parser))
+		client_close(c, "closed by client mid-session");
+	else if (c->state == CLIENT_OPEN)
+		client_drain(c);
+}
+
 static void
 on_client_read(evutil_socket_t fd, short what, void *arg)
 {
 	struct client *c = arg;
-	struct client_env *env = c->env;
+	struct client_env *env = c->route->env;
 	size_t total = 0;
 
 	while (total < CLIENT_READ_BUDGET) {
-		ssize_t n = net_read(c->in, c->fd, CLIENT_READ_CHUNK);
+		ssize_t n = c->conv != NULL ?
+		    net_read(c->conv->in, c->fd, CLIENT_READ_CHUNK) :
+		    read_to_start(c);
 		if (n > 0) {
 			total += (size_t)n;
 			if ((size_t)n < CLIENT_READ_CHUNK)
@@ -619,25 +840,15 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 		}
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
 			break;
-		if (n == 0) {
-			/* A half-close ("send these, then EOF") still gets
-			 * every reply, as redis-server gives it; but a client
-			 * gone in the middle of a session (blocked in BLPOP,
-			 * subscribed, in MULTI) is gone: its session is
-			 * abandoned now, not when the server answers. */
-			const struct proto *proto = c->route->proto;
-			env->stats->bytes_in += total;
-			process_input(c);
-			if (proto->session_active != NULL &&
-			    proto->session_active(c->parser))
-				client_close(c, "closed by client mid-session");
-			else if (c->state == CLIENT_OPEN)
-				client_drain(c);
-			return;
-		}
-		client_close(c, strerror(errno));
+		env->stats->bytes_in += total;
+		if (n == 0)
+			on_client_eof(c);
+		else
+			client_close(c, strerror(errno));
 		return;
 	}
+	if (total == 0)
+		return;
 	env->stats->bytes_in += total;
 	c->last_active_ms = clock_ms();
 	TAILQ_REMOVE(&env->clients, c, link);
@@ -645,27 +856,26 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 	process_input(c);
 }
 
-/* Write what is owed. Afterwards: close a draining client that is done,
- * or resume a paused one whose backlog has shrunk. */
 /* Woken from the pool's wait queue: the request waiting at the head of
- * c->in goes now, or gets its error. */
+ * the input goes now, or gets its error. */
 static void
 retry_pending(struct client *c)
 {
-	struct reqinfo ri = c->pending;
+	struct conversation *cv = c->conv;
+	struct reqinfo ri = cv->pending;
 	struct pool *pool = c->route->pools[0];
 
-	c->retry_pending = false;
-	c->has_pending = false;
-	if (!c->pending_timed_out) {
+	cv->retry_pending = false;
+	cv->has_pending = false;
+	if (!cv->pending_timed_out) {
 		forward_request(c, &ri);
-		if (c->has_pending)
+		if (cv->has_pending)
 			return; /* lost the race: waiting again */
-		c->waiter.since_ms = 0;
+		cv->waiter.since_ms = 0;
 		return;
 	}
-	c->waiter.since_ms = 0;
-	evbuffer_drain(c->in, ri.len);
+	cv->waiter.since_ms = 0;
+	evbuffer_drain(cv->in, ri.len);
 	if (c->route->proto->session_reset != NULL)
 		c->route->proto->session_reset(c->parser);
 	char err[256];
@@ -676,15 +886,19 @@ retry_pending(struct client *c)
 	reply_error(c, ri.pflags, err);
 }
 
+/* Write what is owed. Afterwards: close a draining client that is done,
+ * or resume a paused one whose backlog has shrunk. */
 static void
 flush_client(struct client *c)
 {
-	if (c->retry_pending && c->state == CLIENT_OPEN)
+	struct conversation *cv = c->conv;
+
+	if (cv->retry_pending && c->state == CLIENT_OPEN)
 		retry_pending(c);
-	while (evbuffer_get_length(c->out) > 0) {
-		int n = evbuffer_write(c->out, c->fd);
+	while (evbuffer_get_length(cv->out) > 0) {
+		int n = evbuffer_write(cv->out, c->fd);
 		if (n > 0) {
-			c->env->stats->bytes_out += (uint64_t)n;
+			c->route->env->stats->bytes_out += (uint64_t)n;
 			continue;
 		}
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
@@ -692,21 +906,21 @@ flush_client(struct client *c)
 		client_close(c, n == 0 ? "write failed" : strerror(errno));
 		return;
 	}
-	bool want = evbuffer_get_length(c->out) > 0;
-	if (want && !c->write_armed)
-		event_add(&c->wev, NULL);
-	else if (!want && c->write_armed)
-		event_del(&c->wev);
-	c->write_armed = want;
-	if (c->paused != NULL &&
-	    buffered(c) < c->route->upstream->limits.max_output / 2)
+	bool want = evbuffer_get_length(cv->out) > 0;
+	if (want && !cv->write_armed)
+		event_add(&cv->wev, NULL);
+	else if (!want && cv->write_armed)
+		event_del(&cv->wev);
+	cv->write_armed = want;
+	if (cv->paused != NULL &&
+	    buffered(cv) < c->route->upstream->limits.max_output / 2)
 		release_backend(c);
-	if (c->state == CLIENT_DRAINING && !want && c->npending == 0) {
+	if (c->state == CLIENT_DRAINING && !want && cv->npending == 0) {
 		client_close(c, "done");
 		return;
 	}
-	if (c->state == CLIENT_OPEN && !c->reading && !c->wait_switch &&
-	    !c->has_pending && !over_limits(c)) {
+	if (c->state == CLIENT_OPEN && !c->reading && !cv->wait_switch &&
+	    !cv->has_pending && !over_limits(c)) {
 		set_reading(c, true);
 		process_input(c);
 	}
@@ -724,8 +938,8 @@ client_flush_all(struct client_env *env)
 	struct client *c;
 
 	while ((c = env->dirty) != NULL) {
-		env->dirty = c->dirty_next;
-		c->dirty = false;
+		env->dirty = c->conv->dirty_next;
+		c->conv->dirty = false;
 		if (c->state != CLIENT_CLOSED)
 			flush_client(c);
 	}
@@ -738,8 +952,9 @@ client_reap(struct client_env *env)
 
 	while ((c = env->dead) != NULL) {
 		env->dead = c->dead_next;
-		evbuffer_free(c->in);
-		evbuffer_free(c->out);
+		if (c->conv != NULL)
+			free_conversation(c->conv);
+		free(c->parser);
 		free(c);
 	}
 }
@@ -758,8 +973,9 @@ client_expire_idle(struct client_env *env, uint64_t now,
 		uint64_t idle = now - c->last_active_ms;
 		if (idle < min_timeout_ms)
 			break;
-		uint64_t limit = c->listener->idle_timeout_ms;
-		if (limit > 0 && idle >= limit && c->npending == 0)
+		uint64_t limit = client_listener(c)->cfg->idle_timeout_ms;
+		if (limit > 0 && idle >= limit &&
+		    (c->conv == NULL || c->conv->npending == 0))
 			client_close(c, "idle timeout");
 	}
 }

@@ -4,7 +4,6 @@
 #ifndef SIDEPOOL_CLIENT_H
 #define SIDEPOOL_CLIENT_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +13,7 @@
 #include <event2/event_struct.h>
 #include <event2/buffer.h>
 
+#include "listener.h"
 #include "pool.h"
 #include "proto.h"
 #include "request.h"
@@ -24,6 +24,8 @@
  * upstream per configuration generation; clients keep the route they came
  * in on until they leave, even across reloads. */
 struct route {
+	struct client_env *env;       /* the worker's */
+	const struct listener *listeners; /* its generation's, all of them */
 	const struct cfg_upstream *upstream;
 	const struct proto *proto;
 	struct pool **pools;
@@ -38,7 +40,9 @@ enum client_state {
 };
 
 struct client;
+struct conversation;
 TAILQ_HEAD(client_list, client);
+LIST_HEAD(conversation_list, conversation);
 
 /* What clients share within one worker (and only within it). */
 struct client_env {
@@ -46,6 +50,8 @@ struct client_env {
 	struct request_cache requests;
 	struct client_list clients;   /* least recently active first */
 	unsigned nclients;
+	struct conversation_list talking; /* clients' conversations, any order */
+	uint64_t quiet_scan_ms;       /* when to look for quiet ones next */
 	struct client *dirty;         /* replies to write at end of event */
 	struct client *dead;          /* to free at end of event */
 	struct evbuffer *scratch;     /* a local reply being built */
@@ -55,46 +61,44 @@ struct client_env {
 	unsigned worker_id;           /* low byte of client ids */
 };
 
+/*
+ * A client connection, kept to what an idle one needs: idle connections
+ * are the many (a pool in every application process), so each costs about
+ * what the kernel and libevent need for its descriptor. Everything a
+ * request needs (buffers, the write event, the request queue, the
+ * backends it holds) is its conversation, allocated at its first read that
+ * returns data and released once it has been quiet for a while; the
+ * protocol's request state (a Redis client's database, name, AUTH) is
+ * allocated at that first read too and kept until the client leaves.
+ */
 struct client {
-	TAILQ_ENTRY(client) link;
-	struct client_env *env;
+	union {
+		TAILQ_ENTRY(client) link; /* in env->clients while not closed */
+		struct client *dead_next; /* in env->dead once closed */
+	};
 	struct route *route;
-	const struct cfg_listener *listener;
-	atomic_uint *listener_count;  /* decremented when this client goes */
-	enum client_state state;
-	int fd;
+	struct conversation *conv;    /* NULL until it talks, and when quiet */
+	void *parser;                 /* the protocol's request state, or NULL */
 	uint64_t id;
 	uint64_t created_ms;
-	uint64_t last_active_ms;
-	struct event rev;
-	struct event wev;
-	struct evbuffer *in;
-	struct evbuffer *out;
-	struct request_queue reqs;    /* in the order the client sent them */
-	unsigned npending;            /* requests not yet answered */
-	unsigned nsent;               /* of which at a server */
-	struct backend *bound;        /* carries all of those at a server */
-	struct backend *dedicated;    /* its own connection, for a session */
-	struct request *stream;       /* on dedicated: takes every reply */
-	struct backend *paused;       /* whose reads wait for us to catch up */
-	struct pool_waiter waiter;    /* queued for a connection of its own */
-	struct reqinfo pending;       /* ... for this request, still in c->in */
-	bool has_pending;
-	bool retry_pending;           /* woken: try again at the end of event */
-	bool pending_timed_out;
-	size_t stored;                /* bytes of replies kept out of turn */
-	struct client *dirty_next;
-	struct client *dead_next;
-	bool dirty;
+	uint64_t last_active_ms;      /* its last read that returned data */
+	int fd;
+	uint16_t listener;            /* came in on route->listeners[listener] */
+	uint8_t state;                /* enum client_state, in a byte */
 	bool reading;
-	bool write_armed;
-	bool wait_switch;             /* a request waits for nsent == 0 */
-	/* the protocol's request parser state; aligned for any struct */
-	_Alignas(max_align_t) unsigned char parser[];
+	struct event rev;
 };
 
-struct client *client_new(struct client_env *env, struct route *route,
-    const struct cfg_listener *listener, atomic_uint *listener_count, int fd);
+/* Listeners per generation, for struct client's index. */
+#define CLIENT_MAX_LISTENERS UINT16_MAX
+
+static inline const struct listener *
+client_listener(const struct client *c)
+{
+	return &c->route->listeners[c->listener];
+}
+
+struct client *client_new(struct route *route, size_t listener, int fd);
 void client_reject(const struct route *route, int fd, const char *msg);
 void client_close(struct client *c, const char *why);
 void client_drain(struct client *c);
@@ -102,5 +106,9 @@ void client_flush_all(struct client_env *env);
 void client_reap(struct client_env *env);
 void client_expire_idle(struct client_env *env, uint64_t now,
     uint64_t min_timeout_ms);
+void client_release_quiet(struct client_env *env, uint64_t now);
+bool client_owes_replies(const struct client *c);
+size_t client_input_length(const struct client *c);
+size_t client_output_length(const struct client *c);
 
 #endif

@@ -84,7 +84,8 @@ accept_clients(struct worker *w, struct worker_listener *wl)
 			    "max number of clients reached");
 			continue;
 		}
-		if (client_new(&w->env, wl->route, cfg, count, fd) == NULL) {
+		if (client_new(wl->route, (size_t)(l - wl->route->listeners),
+		    fd) == NULL) {
 			atomic_fetch_sub(count, 1);
 			log_error("cannot accept a client on %s: out of memory",
 			    cfg->addr.text);
@@ -195,9 +196,15 @@ static struct wgen *
 new_wgen(struct worker *w, struct generation *gen)
 {
 	const struct config *cfg = gen->cfg;
-	struct wgen *g = calloc(1, sizeof(*g));
+	struct wgen *g;
 
-	if (g == NULL)
+	if (gen->nlisteners > CLIENT_MAX_LISTENERS) {
+		/* A client keeps its listener's index in 16 bits. */
+		log_error("%zu listeners: at most %u are supported; use fewer",
+		    gen->nlisteners, (unsigned)CLIENT_MAX_LISTENERS);
+		return NULL;
+	}
+	if ((g = calloc(1, sizeof(*g))) == NULL)
 		return NULL;
 	g->gen = gen;
 	generation_ref(gen);
@@ -211,6 +218,8 @@ new_wgen(struct worker *w, struct generation *gen)
 	for (size_t r = 0; r < g->nroutes; r++) {
 		const struct cfg_upstream *up = &cfg->upstreams[r];
 		struct route *route = &g->routes[r];
+		route->env = &w->env;
+		route->listeners = gen->listeners;
 		route->upstream = up;
 		route->proto = proto_for(up->protocol);
 		route->pools = calloc(up->nservers, sizeof(*route->pools));
@@ -298,6 +307,7 @@ on_janitor(evutil_socket_t fd, short what, void *arg)
 	}
 	if (min > 0)
 		client_expire_idle(&w->env, now, min);
+	client_release_quiet(&w->env, now);
 	free_unused_gens(w);
 }
 
@@ -361,7 +371,7 @@ job_drain(struct worker *w, void *arg)
 	stop_accepting(w);
 	for (c = TAILQ_FIRST(&w->env.clients); c != NULL; c = next) {
 		next = TAILQ_NEXT(c, link);
-		if (c->npending == 0 && evbuffer_get_length(c->out) == 0)
+		if (!client_owes_replies(c))
 			client_close(c, "shutting down");
 		else
 			client_drain(c);
@@ -505,9 +515,9 @@ static size_t
 listener_slot(const struct wgen *g, const struct client *c)
 {
 	for (size_t i = 0; i < g->nlisteners; i++)
-		if (g->listeners[i].listener->cfg == c->listener ||
+		if (g->listeners[i].listener == client_listener(c) ||
 		    strcmp(g->listeners[i].listener->cfg->addr.text,
-		    c->listener->addr.text) == 0)
+		    client_listener(c)->cfg->addr.text) == 0)
 			return i;
 	return g->nlisteners;
 }
@@ -548,10 +558,10 @@ worker_fill_snapshot(struct worker *w, struct worker_snapshot *s)
 		s->clients_per_listener[listener_slot(g, c)]++;
 		if (now - c->created_ms > s->oldest_client_ms)
 			s->oldest_client_ms = now - c->created_ms;
-		if (evbuffer_get_length(c->in) > s->biggest_input)
-			s->biggest_input = evbuffer_get_length(c->in);
-		if (evbuffer_get_length(c->out) > s->biggest_output)
-			s->biggest_output = evbuffer_get_length(c->out);
+		if (client_input_length(c) > s->biggest_input)
+			s->biggest_input = client_input_length(c);
+		if (client_output_length(c) > s->biggest_output)
+			s->biggest_output = client_output_length(c);
 	}
 	return 0;
 }
@@ -602,6 +612,7 @@ worker_init(struct worker *w, unsigned id, struct generation *gen,
 	w->env.stats = &w->stats;
 	w->env.worker_id = id & 0xff;
 	TAILQ_INIT(&w->env.clients);
+	LIST_INIT(&w->env.talking);
 	w->backends.flush_ev = flush;
 	if ((w->current = new_wgen(w, gen)) == NULL) {
 		snprintf(err, errlen, "worker %u: out of memory", id);
