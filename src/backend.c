@@ -43,6 +43,38 @@ mark_dirty(struct backend *b)
 	event_active(q->flush_ev, EV_TIMEOUT, 0);
 }
 
+/* A connect that failed for want of something of our own (descriptors,
+ * kernel buffers) says nothing about the server. */
+static bool
+is_local_shortage(int e)
+{
+	return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+}
+
+/*
+ * Only the request that needed the connection fails: the server is not
+ * marked down and no failure is counted against it, so the other clients
+ * go on using the connections that are open, and the next request tries
+ * again as soon as a descriptor is free. Every client that hits it would
+ * log a line; one a second per worker is enough to be seen.
+ */
+static void
+report_local_shortage(struct pool *p, int e, char *err, size_t errlen)
+{
+	static _Thread_local struct log_limit limit;
+	bool fds = e == EMFILE || e == ENFILE;
+
+	snprintf(err, errlen, "%s: cannot open a connection to %s (%s); %s",
+	    fds ? "out of file descriptors" : "out of kernel memory",
+	    p->server->addr.text, strerror(e), e == EMFILE ?
+	    "raise the open files limit (LimitNOFILE=, ulimit -n) or lower "
+	    "max_clients" : e == ENFILE ? "the system-wide limit is reached: "
+	    "raise fs.file-max or find the process holding them" :
+	    "free memory on the host or lower max_connections");
+	log_limited(&limit, LOG_WARN, "%s; the server is not marked down",
+	    err);
+}
+
 struct backend *
 backend_open(struct pool *p, char *err, size_t errlen)
 {
@@ -64,6 +96,11 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	}
 	if (net_connect(&p->server->addr, &b->fd, why, sizeof(why)) ==
 	    NET_FAILED) {
+		int e = errno; /* as the failed socket() or connect() left it */
+		if (is_local_shortage(e)) {
+			report_local_shortage(p, e, err, errlen);
+			goto fail;
+		}
 		snprintf(err, errlen, "cannot connect to %s: %s",
 		    p->server->addr.text, why);
 		p->stats.closed[CLOSE_CONNECT_FAILED]++;

@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+
 static atomic_int log_fd = 2;
 static atomic_int log_level = LOG_INFO;
 static char log_path[4096];
@@ -105,17 +107,19 @@ log_enabled(enum log_level level)
 	return (int)level >= atomic_load(&log_level);
 }
 
-void
-log_msg(enum log_level level, const char *fmt, ...)
+static void write_line(enum log_level level, const char *tail,
+    const char *fmt, va_list ap) __attribute__((format(printf, 3, 0)));
+
+/* One line: the prefix, the caller's words, and a tail if there is one. */
+static void
+write_line(enum log_level level, const char *tail, const char *fmt,
+    va_list ap)
 {
 	char line[2048];
 	struct timespec ts;
 	struct tm tm;
-	va_list ap;
 	int saved_errno = errno;
 
-	if (!log_enabled(level))
-		return;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	int n = snprintf(line, sizeof(line),
@@ -123,13 +127,49 @@ log_msg(enum log_level level, const char *fmt, ...)
 	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 	    tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, level_names[level],
 	    thread_name);
-	va_start(ap, fmt);
 	n += vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-	va_end(ap);
+	if (tail != NULL && n < (int)sizeof(line) - 2)
+		n += snprintf(line + n, sizeof(line) - (size_t)n, "%s", tail);
 	if (n > (int)sizeof(line) - 2)
 		n = (int)sizeof(line) - 2;
 	line[n++] = '\n';
 	ssize_t w = write(atomic_load(&log_fd), line, (size_t)n);
 	(void)w;
 	errno = saved_errno;
+}
+
+void
+log_msg(enum log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!log_enabled(level))
+		return;
+	va_start(ap, fmt);
+	write_line(level, NULL, fmt, ap);
+	va_end(ap);
+}
+
+void
+log_limited(struct log_limit *ll, enum log_level level, const char *fmt, ...)
+{
+	uint64_t now = clock_ms();
+	char tail[96] = "";
+	va_list ap;
+
+	if (!log_enabled(level))
+		return;
+	if (ll->last_ms != 0 && now - ll->last_ms < LOG_LIMIT_MS) {
+		ll->suppressed++;
+		return;
+	}
+	if (ll->suppressed > 0)
+		snprintf(tail, sizeof(tail), " (%lu more like this in the %llu "
+		    "ms since the last such line)", ll->suppressed,
+		    (unsigned long long)(now - ll->last_ms));
+	ll->last_ms = now;
+	ll->suppressed = 0;
+	va_start(ap, fmt);
+	write_line(level, tail[0] != '\0' ? tail : NULL, fmt, ap);
+	va_end(ap);
 }
