@@ -9,9 +9,11 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -192,9 +194,6 @@ def control_socket_removed_at_exit():
     assert not os.path.exists(path)
 
 
-if __name__ == "__main__":
-    h.run()
-
 
 def scrape(addr, path="/metrics"):
     import urllib.request
@@ -265,3 +264,90 @@ def prometheus_metrics():
     up = [v for n, l, v in samples if n == "sidepool_server_up"]
     assert up == [1.0], up
     assert scrape(addr, "/other")[0] == 404
+
+
+def ctl_timed(sp, *args, stdout=subprocess.PIPE):
+    """sidepoolctl ARGS against sp; (exit code, stderr, seconds it took)."""
+    t0 = time.monotonic()
+    p = subprocess.run([CTL, "-s", sp.config_src["control"]["path"]] + list(args),
+                       stdout=stdout, stderr=subprocess.PIPE, timeout=h.scale(30))
+    return p.returncode, p.stderr.decode(), time.monotonic() - t0
+
+
+def fill_backlog(path):
+    """Unix connections to path until its listen backlog is full (nobody
+    accepts them: the daemon is stopped); the sockets."""
+    socks = []
+    for _ in range(1000):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return socks
+        socks.append(s)
+    raise AssertionError("1000 connections and the backlog of %s is not full" % path)
+
+
+@h.test("a stopped daemon (SIGSTOP): sidepoolctl gives up after -T (and after 5s by default), "
+        "exit 3 with a message saying what to check, also when the connect itself would "
+        "block; after SIGCONT it answers again")
+def stopped_daemon_times_out():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    sp.pause()  # SIGSTOP: connections wait in the backlog, unanswered
+    socks = []
+    try:
+        code, err, took = ctl_timed(sp, "-T", "0.5", "status")
+        assert code == 3 and "did not answer within 0.5 s" in err and "stopped" in err, \
+            (code, err)
+        assert 0.4 < took < 5, "-T 0.5 gave up after %.2fs" % took
+        code, err, took = ctl_timed(sp, "--timeout", "1", "--json", "stats")
+        assert code == 3 and "did not answer within 1 s" in err, (code, err)
+        code, err, took = ctl_timed(sp, "status")
+        assert code == 3 and "within 5 s" in err, (code, err)
+        assert 4.5 < took < 15, "the default timeout gave up after %.2fs" % took
+        # a full backlog: the connect blocks, and is bounded the same way
+        socks = fill_backlog(sp.config_src["control"]["path"])
+        code, err, took = ctl_timed(sp, "-T", "0.5", "status")
+        assert code == 3 and "did not accept the connection within 0.5 s" in err, (code, err)
+        assert took < 5, took
+    finally:
+        for s in socks:
+            s.close()
+        sp.resume()
+    code, out, err = ctl(sp, "status")
+    assert code == 0 and out.startswith("ok"), (code, out, err)
+
+
+@h.test("-T with something other than seconds: exit 2 and what it takes; -T 0 waits as long "
+        "as it takes")
+def timeout_option_checked():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    for bad in ("abc", "-1", "5s", "", "nan", "1e9"):
+        code, err, _ = ctl_timed(sp, "-T", bad, "status")
+        assert code == 2 and "-T takes seconds" in err, (bad, code, err)
+    code, out, err = ctl(sp, "-T", "0", "status")
+    assert code == 0 and out.startswith("ok"), (code, out, err)
+    code, out, err = ctl(sp, "-T", "2.5", "version")
+    assert code == 0 and "sidepool" in out, (code, out, err)
+
+
+@h.test("stdout closed before the answer: sidepoolctl reports the write error and exits 1 "
+        "instead of dying of SIGPIPE")
+def closed_stdout_is_reported():
+    r = h.RedisServer()
+    sp = start([r], workers=1)
+    rd, wr = os.pipe()
+    os.close(rd)
+    try:
+        code, err, _ = ctl_timed(sp, "config", stdout=wr)
+    finally:
+        os.close(wr)
+    assert code == 1 and "cannot write the answer" in err and "Broken pipe" in err, (code, err)
+
+
+if __name__ == "__main__":
+    h.run()
