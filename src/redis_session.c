@@ -720,6 +720,42 @@ transaction(struct redis_session *s, enum cmd_kind k, struct reqinfo *ri)
 	return PV_FORWARD;
 }
 
+/* The command table's arity (redis' convention: N exactly, -N at least N). */
+static bool
+arity_ok(const struct command *cmd, int argc)
+{
+	return cmd == NULL || (cmd->arity >= 0 ? argc == cmd->arity :
+	    argc >= -cmd->arity);
+}
+
+/*
+ * MULTI, EXEC, DISCARD, WATCH or UNWATCH with the wrong number of
+ * arguments: the server answers its arity error and changes nothing
+ * (MULTI x opens no transaction, WATCH alone watches nothing), so it is
+ * forwarded as it is and never taken for a session change. EXEC is the
+ * exception: redis answers -EXECABORT and discards the transaction and
+ * the watches, in or out of MULTI, so the session ends with it.
+ */
+static enum proto_verdict
+transaction_bad_arity(struct redis_session *s, enum cmd_kind k,
+    struct reqinfo *ri)
+{
+	if (s->in_multi || s->watching)
+		ri->need = NEED_DEDICATED;
+	if (k != K_EXEC)
+		return PV_FORWARD;
+	if (s->in_multi) {
+		ri->pflags |= RPF_TXN_END;
+		if (s->multi_db >= 0)
+			ri->pflags |= RPF_TXN_SELECT;
+	}
+	s->in_multi = false;
+	s->watching = false;
+	s->multi_db = -1;
+	s->multi_aborted = false;
+	return PV_FORWARD;
+}
+
 static enum proto_verdict
 blocking(struct redis_session *s, struct reqinfo *ri)
 {
@@ -874,6 +910,8 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 	case K_DISCARD:
 	case K_WATCH:
 	case K_UNWATCH:
+		if (!arity_ok(cmd, a->argc))
+			return transaction_bad_arity(s, k, ri);
 		return transaction(s, k, ri);
 	case K_SELECT:
 		return cmd_select(s, a, ri);

@@ -443,6 +443,30 @@ CASES = [
     ("SELECT inside MULTI, EXEC aborted by a WATCH: the database stays", [
         C(("SET", "k", "db0"), ("WATCH", "k")), Side(("SET", "k", "changed")),
         C(("MULTI",), ("SELECT", "1"), ("EXEC",)), C(("GET", "k"))]),
+    # (MULTI/EXEC/DISCARD/WATCH/UNWATCH are session changes only when the
+    #  server takes them as such: with the wrong arity it does not)
+    ("MULTI/EXEC/DISCARD/UNWATCH/WATCH with the wrong number of arguments outside a "
+     "transaction: redis' arity errors, and no transaction or watch is opened", [
+        C(("EXEC", "x")), C(("DISCARD", "x")), C(("UNWATCH", "x")), C(("WATCH",)),
+        C(("MULTI", "x"), ("SET", "k", "1"), ("EXEC",), ("GET", "k"))]),
+    ("MULTI with arguments opens no transaction: a WATCH after it is the client's alone "
+     "(the pool check's EXEC is not aborted)", [
+        C(("MULTI", "x"), ("WATCH", "k"), ("SET", "k", "1"), ("DISCARD",))]),
+    ("MULTI with arguments opens no transaction: a SELECT after it is not undone at EXEC", [
+        C(("MULTI", "x"), ("SELECT", "1"), ("EXEC",)),
+        C(("SET", "k", "v"), ("SELECT", "1"), ("GET", "k"))]),
+    ("inside MULTI, MULTI x and DISCARD x abort the transaction at EXEC", [
+        C(("MULTI",), ("SET", "k", "1"), ("MULTI", "x"), ("EXEC",), ("GET", "k")),
+        C(("MULTI",), ("SET", "k", "2"), ("DISCARD", "x"), ("UNWATCH", "x"), ("EXEC",),
+          ("GET", "k"))]),
+    ("EXEC x inside MULTI discards the transaction, its SELECT and its watches", [
+        C(("SET", "k", "db0"), ("WATCH", "k"), ("MULTI",), ("SELECT", "1"), ("SET", "k", "1"),
+          ("EXEC", "x"), ("GET", "k")),
+        Side(("SET", "k", "changed")),
+        C(("MULTI",), ("GET", "k"), ("EXEC",), ("EXEC",))]),
+    ("EXEC x after WATCH drops the watch", [
+        C(("WATCH", "k"), ("EXEC", "x")), Side(("SET", "k", "changed")),
+        C(("MULTI",), ("GET", "k"), ("EXEC",))]),
     ("blocking commands inside MULTI do not block", [
         C(("MULTI",), ("BLPOP", "nope", "0"), ("BRPOPLPUSH", "a", "b", "0"),
           ("BZPOPMIN", "z", "0"), ("EXEC",))]),
@@ -820,17 +844,6 @@ KNOWN_UNDOCUMENTED = [
     ("K13", "BUG (hang): MULTI, EXEC, then UNSUBSCRIBE and a PING pipelined: the PING is "
      "never answered; sidepool closes the server connection for 'unexpected data'",
      [[C(("MULTI",), ("EXEC",), ("UNSUBSCRIBE",))]]),
-    ("K14", "EXEC, DISCARD and UNWATCH with arguments outside a transaction are answered "
-     "'EXEC/DISCARD without MULTI' and +OK; redis answers its wrong-number-of-arguments "
-     "errors (-EXECABORT ... for EXEC)",
-     [[C(("EXEC", "x"))], [C(("DISCARD", "x"))], [C(("UNWATCH", "x"))]]),
-    ("K15", "BUG (state leak): after MULTI with arguments (an arity error: no transaction) "
-     "sidepool believes a transaction is open, so a WATCH that follows outlives the client "
-     "on the pooled connection (the next client's EXEC is aborted), and a SELECT that "
-     "follows is undone at EXEC",
-     [[C(("MULTI", "x"), ("WATCH", "k"), ("SET", "k", "1"), ("DISCARD",))],
-      [C(("MULTI", "x"), ("SELECT", "1"), ("EXEC",)), C(("SET", "k", "v"), ("SELECT", "1"),
-                                                        ("GET", "k"))]]),
 ]
 
 
@@ -855,8 +868,7 @@ for _row in KNOWN_UNDOCUMENTED:
 #    FUZZ_PER_BATCH, both ways. Left out: what the tables above show to
 #    differ (CLIENT, HELLO, AUTH, RESET, QUIT, the subscribe family), time
 #    and randomness (PX, TIME, RANDOMKEY, SPOP, KEYS order), and blocking
-#    without a short timeout. SELECT only opens a batch (see K11); MULTI,
-#    EXEC, DISCARD and UNWATCH take no arguments (K14, K15).
+#    without a short timeout. SELECT only opens a batch (see K11).
 
 FUZZ_KEYS = [b"k1", b"k2", b"k3", b"{t}x"]
 FUZZ_VALUES = [b"0", b"1", b"-1", b"2", b"3", b"10", b"100", b"1.5", b"-2.5", b"1e3", b"inf",
@@ -929,8 +941,6 @@ def fuzz_args(rnd):
         # a short timeout or a bad one, never a long block
         return args + [rnd.choice(FUZZ_KEYS) for _ in range(rnd.randrange(0, 3))] + \
             [rnd.choice([b"0.01", b"abc", b"-1", b"0.001"])]
-    if name in (b"EXEC", b"DISCARD", b"UNWATCH", b"MULTI"):
-        return args  # with arguments: K14, K15
     if n > 0 and rnd.random() < 0.9:
         args.append(rnd.choice(FUZZ_KEYS))
         n -= 1
