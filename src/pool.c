@@ -115,13 +115,24 @@ jitter(struct pool *p, uint64_t base)
 	return base * 8 / 10 + random_below(p, base * 4 / 10 + 1);
 }
 
-/* Idle connections beyond the pool size go, least recently used first. */
+/*
+ * Idle connections beyond the pool size go, least recently used first, once
+ * they have been idle for EVICT_GRACE_MS: under bursty pipelined load the
+ * working set hovers around the size, and closing the extra connection each
+ * time it goes idle for a moment means reopening it for the next burst.
+ */
+#define EVICT_GRACE_MS 1000
+
 static void
-evict_idle(struct pool *p)
+evict_idle(struct pool *p, uint64_t now)
 {
 	while (p->count[BACKEND_IDLE] > p->size) {
 		struct backend *lru = TAILQ_LAST(&p->lists[BACKEND_IDLE],
 		    backend_list);
+		/* the least recent is recent: so are the others (size 0
+		 * means keep none, at once) */
+		if (p->size > 0 && now - lru->used_ms < EVICT_GRACE_MS)
+			break;
 		p->ops->close(lru, CLOSE_EVICTED, "pool size reached");
 	}
 }
@@ -232,7 +243,7 @@ pool_set_state(struct backend *b, enum backend_state s, uint64_t now)
 		b->used_ms = now; /* a probe is not a use: keep the LRU order */
 	insert_idle(p, b);
 	wake_waiter(p);
-	evict_idle(p);
+	evict_idle(p, now);
 }
 
 void
@@ -544,6 +555,7 @@ pool_tick(struct pool *p, uint64_t now)
 	expire_waiters(p, now);
 	expire_busy(p, now);
 	expire_idle(p, now);
+	evict_idle(p, now);
 	if (p->down) {
 		retry_down(p, now);
 		return;

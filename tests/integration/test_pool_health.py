@@ -796,7 +796,7 @@ def max_lifetime():
 # 11. LRU eviction
 
 @h.test("size 1, max_connections 4, pipeline_depth 1: 4 clients in flight at once get 4 "
-        "connections; afterwards idle 1 and evicted 3", timeout=25)
+        "connections; a second after, idle 1 and evicted 3", timeout=25)
 def lru_eviction():
     r = h.RedisServer()
     sp = start([r], pool={"size": 1, "max_connections": 4, "idle_timeout": "60s",
@@ -819,7 +819,8 @@ def lru_eviction():
         check_replies(c.read_replies(10), wants[i], "client %d" % i)
     v = wait_view(sp, lambda v: v.pool["in_flight"] == 0 and v.busy() == 0,
                   "every connection to finish")
-    assert v.idle() == 1, "idle %d, want 1 (pool size): %s" % (v.idle(), v.summary())
+    # the extra idle connections are kept a second, for a next burst
+    v = wait_view(sp, lambda v: v.idle() == 1, "the idle connections beyond size 1 to go")
     assert v.closed["evicted"] == 3, "evicted %d, want 3: %s" % (v.closed["evicted"],
                                                                v.summary())
     assert v.opened == 4 and v.srv["errors"] == 0, v.summary()

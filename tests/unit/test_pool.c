@@ -121,7 +121,12 @@ END_TEST
 
 START_TEST(test_idle_beyond_pool_size_evicts_least_recently_used)
 {
-	make_idle(3);
+	pool.idle_timeout_ms = 60000;
+	make_idle(3); /* idle since 1001, 1002, 1003; size 2 */
+	ck_assert_int_eq(nclosed, 0); /* kept a moment, for the next burst */
+	pool_tick(&pool, 1001 + 999);
+	ck_assert_int_eq(nclosed, 0);
+	pool_tick(&pool, 1001 + 1000);
 	ck_assert_int_eq(nclosed, 1);
 	ck_assert_int_eq(last_reason, CLOSE_EVICTED);
 	ck_assert_int_eq(fakes[0]->state, BACKEND_CLOSED);
@@ -171,7 +176,9 @@ START_TEST(test_reuse_of_idle_connection_resets_its_lru_position)
 	fake_now += 10;
 	pool_set_state(b, BACKEND_IDLE, fake_now);
 	/* fakes[0] is now the least recently used: a third idle evicts it */
+	pool.idle_timeout_ms = 60000;
 	make_idle(1);
+	pool_tick(&pool, fake_now + 1000);
 	ck_assert_int_eq(fakes[0]->state, BACKEND_CLOSED);
 	ck_assert_int_eq(fakes[1]->state, BACKEND_IDLE);
 }
