@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "log.h"
 
 #define REDIS_VERSION_SHOWN "7.0.0"
 
@@ -971,6 +972,31 @@ finish_dispatch(struct redis_session *s, enum proto_verdict v,
 	return v;
 }
 
+/*
+ * "POST" and "Host:" as a command are an HTTP request sent to Redis (a
+ * browser made to attack it, cross-protocol scripting): redis-server logs
+ * it and closes that client without a word. Forwarded, they would make it
+ * close the shared connection, failing the requests of every other client
+ * on it; so sidepool does what redis does, here.
+ */
+static bool
+is_http_attack(const char *name, size_t len)
+{
+	return name_is(name, len, "post") || name_is(name, len, "host:");
+}
+
+static enum proto_verdict
+refuse_http_attack(const char *name, size_t len)
+{
+	static _Thread_local struct log_limit limit;
+
+	log_limited(&limit, LOG_WARN, "a client sent '%.*s' as a Redis command: "
+	    "an HTTP request, likely a cross-protocol attack from a browser; "
+	    "closing it, as redis-server does (check what can reach this "
+	    "listener)", (int)len, name);
+	return PV_LOCAL_CLOSE;
+}
+
 enum proto_verdict
 session_dispatch(struct redis_session *s, const struct command *cmd,
     const char *name, size_t namelen, const char *arg1, size_t arg1len,
@@ -983,6 +1009,8 @@ session_dispatch(struct redis_session *s, const struct command *cmd,
 	    cmd->policy;
 	enum proto_verdict v;
 
+	if (cmd == NULL && is_http_attack(name, namelen))
+		return refuse_http_attack(name, namelen);
 	/* The common case, decided in a few comparisons: a plain command
 	 * from an authenticated client with no session. */
 	if (k == K_PLAIN && policy == CMD_FORWARD && !s->in_multi &&
