@@ -501,6 +501,10 @@ cmd_select(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 		add_error(ri->reply, "-ERR DB index is out of range");
 		return PV_LOCAL;
 	}
+	/* After an EXEC that SELECTs, the client's database is known only
+	 * once its reply says whether it ran: this SELECT must come after. */
+	if (s->db_pending && !ri->can_switch)
+		return PV_WAIT;
 	if (s->in_multi) {
 		/* Queued like any command: the database changes at EXEC. */
 		s->multi_db = (int)db;
@@ -658,7 +662,10 @@ static enum proto_verdict
 start_stream(struct redis_session *s, enum cmd_kind k, const struct args *a,
     struct reqinfo *ri)
 {
-	if (!ri->can_switch && !ri->has_dedicated)
+	/* Once a stream, every byte the connection sends goes to the client
+	 * as it comes: replies still owed to requests sent before (an EXEC
+	 * on the client's own connection) must have come first. */
+	if (!ri->can_switch)
 		return PV_WAIT;
 	if (k == K_MONITOR) {
 		s->monitor = true;
