@@ -895,6 +895,11 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 		    "supported", upname);
 		return PV_LOCAL;
 	}
+	/* RESET closes the client's own connection: the replies still owed
+	 * on it (MULTI's +OK, a blocking pop's) must have come first. */
+	if (k == K_RESET && ri->has_dedicated && !ri->can_switch &&
+	    !streaming(s))
+		return PV_WAIT;
 	if (always_local(k))
 		return answer_local(s, k, a, ri);
 	if (policy == CMD_REFUSED) {
