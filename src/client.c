@@ -203,6 +203,7 @@ void
 client_release_quiet(struct client_env *env, uint64_t now)
 {
 	struct conversation *cv, *next;
+	unsigned n = 0;
 
 	if (now < env->quiet_scan_ms)
 		return;
@@ -215,7 +216,10 @@ client_release_quiet(struct client_env *env, uint64_t now)
 		LIST_REMOVE(cv, link);
 		c->conv = NULL;
 		free_conversation(cv);
+		n++;
 	}
+	if (n > 0)
+		log_debug("%u quiet client(s) gave their buffers back", n);
 }
 
 /* Replies not yet written: a client shutting down is drained, not closed. */
