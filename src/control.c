@@ -100,11 +100,14 @@ json_string(struct evbuffer *out, const char *s)
 	evbuffer_add(out, "\"", 1);
 }
 
-/* A text table: cells are collected, then printed with aligned columns. */
+/* A text table: cells are collected, then printed with aligned columns.
+ * A cell that could not be kept would shift every later one into the wrong
+ * column: then the whole answer becomes an error instead. */
 struct table {
 	char **cells;
 	size_t ncells, cap;
 	int ncols;
+	bool lost;
 };
 
 static void table_cell(struct table *t, const char *fmt, ...)
@@ -119,8 +122,10 @@ table_cell(struct table *t, const char *fmt, ...)
 	if (t->ncells == t->cap) {
 		size_t cap = t->cap ? t->cap * 2 : 64;
 		char **c = realloc(t->cells, cap * sizeof(*c));
-		if (c == NULL)
+		if (c == NULL) {
+			t->lost = true;
 			return;
+		}
 		t->cells = c;
 		t->cap = cap;
 	}
@@ -139,6 +144,16 @@ table_print(struct table *t, struct evbuffer *out)
 
 	if (cols <= 0 || cols > TABLE_COLS)
 		abort(); /* a table wider than TABLE_COLS is a bug here */
+	if (t->lost) {
+		for (size_t i = 0; i < t->ncells; i++)
+			free(t->cells[i]);
+		free(t->cells);
+		memset(t, 0, sizeof(*t));
+		evbuffer_drain(out, evbuffer_get_length(out));
+		evbuffer_add_printf(out, "error: out of memory while building "
+		    "the answer; try again\n");
+		return;
+	}
 	for (size_t i = 0; i < t->ncells; i++) {
 		size_t len = t->cells[i] ? strlen(t->cells[i]) : 0;
 		if (len > width[i % (size_t)cols])
@@ -811,7 +826,13 @@ finish(struct ctl_conn *cc)
 		wrap_http(cc, 200, "OK");
 
 	event_del(cc->rev);
-	event_add(cc->wev, &tv);
+	if (event_add(cc->wev, &tv) == -1) {
+		/* Without the event the rest of a long answer would never be
+		 * written nor the connection freed: write what fits now. */
+		(void)evbuffer_write(cc->out, cc->fd);
+		free_conn(cc);
+		return;
+	}
 	on_conn_write(cc->fd, EV_WRITE, cc);
 }
 
@@ -822,6 +843,16 @@ job_gather(struct worker *w, void *arg)
 
 	if (worker_fill_snapshot(w, &cc->snaps[w->id]) == -1)
 		log_error("out of memory while gathering stats");
+	if (atomic_fetch_sub(&cc->pending, 1) == 1)
+		event_active(cc->gathered, EV_READ, 0);
+}
+
+/* A worker that could not be asked: count it as answered, with nothing.
+ * Its counters belong to its own thread, so they are not read from here. */
+static void
+skip_gather(struct ctl_conn *cc)
+{
+	log_error("out of memory while gathering stats");
 	if (atomic_fetch_sub(&cc->pending, 1) == 1)
 		event_active(cc->gathered, EV_READ, 0);
 }
@@ -864,7 +895,7 @@ start_gather(struct ctl_conn *cc)
 	atomic_store(&cc->pending, ctl->nworkers);
 	for (unsigned w = 0; w < ctl->nworkers; w++)
 		if (worker_post(&ctl->workers[w], job_gather, cc) == -1)
-			job_gather(&ctl->workers[w], cc); /* answers "oom" */
+			skip_gather(cc); /* its snapshot stays empty: "oom" */
 }
 
 static void
@@ -962,6 +993,12 @@ on_conn_read(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	char *line = evbuffer_readln(cc->in, &len, EVBUFFER_EOL_LF);
+	if (line == NULL && evbuffer_search(cc->in, "\n", 1, NULL).pos >= 0) {
+		/* the line is there: copying it out needed memory */
+		reply_error(cc, "out of memory; try again");
+		finish(cc);
+		return;
+	}
 	if (line == NULL && n > 0 && evbuffer_get_length(cc->in) < CTL_LINE_MAX)
 		return; /* no newline yet */
 	if (line == NULL && evbuffer_get_length(cc->in) > 0 &&
@@ -1022,6 +1059,8 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	}
 	struct ctl_conn *cc = calloc(1, sizeof(*cc));
 	if (cc == NULL) {
+		log_warn("control: out of memory, closed a connection (check "
+		    "the memory limits of the service)");
 		close(fd);
 		return;
 	}
@@ -1036,11 +1075,11 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	cc->wev = event_new(ctl->base, fd, EV_WRITE | EV_PERSIST,
 	    on_conn_write, cc);
 	if (cc->in == NULL || cc->out == NULL || cc->rev == NULL ||
-	    cc->wev == NULL) {
+	    cc->wev == NULL || event_add(cc->rev, &tv) == -1) {
+		log_warn("control: out of memory, closed a connection (check "
+		    "the memory limits of the service)");
 		free_conn(cc);
-		return;
 	}
-	event_add(cc->rev, &tv);
 }
 
 static int
@@ -1063,11 +1102,11 @@ open_control(struct control *ctl, char *err, size_t errlen)
 		ctl->dev = 0;
 	ctl->accept_ev = event_new(ctl->base, ctl->fd, EV_READ | EV_PERSIST,
 	    on_accept, ctl);
-	if (ctl->accept_ev == NULL) {
-		snprintf(err, errlen, "out of memory");
+	if (ctl->accept_ev == NULL || event_add(ctl->accept_ev, NULL) == -1) {
+		snprintf(err, errlen, "control socket %s: out of memory "
+		    "(check the memory limits of the service)", addr->text);
 		return -1;
 	}
-	event_add(ctl->accept_ev, NULL);
 	log_info("control socket on %s (mode %04o)", addr->text,
 	    (unsigned)cfg->control_mode);
 	return 0;
@@ -1083,11 +1122,12 @@ open_metrics(struct control *ctl, char *err, size_t errlen)
 		return -1;
 	ctl->metrics_ev = event_new(ctl->base, ctl->metrics_fd,
 	    EV_READ | EV_PERSIST, on_accept, ctl);
-	if (ctl->metrics_ev == NULL) {
-		snprintf(err, errlen, "out of memory");
+	if (ctl->metrics_ev == NULL || event_add(ctl->metrics_ev, NULL) == -1) {
+		snprintf(err, errlen, "metrics endpoint %s: out of memory "
+		    "(check the memory limits of the service)",
+		    ctl->cfg->metrics_addr.text);
 		return -1;
 	}
-	event_add(ctl->metrics_ev, NULL);
 	log_info("Prometheus metrics on http://%s/metrics",
 	    ctl->cfg->metrics_addr.text);
 	return 0;
@@ -1111,7 +1151,8 @@ control_open(const struct config *cfg, struct event_base *base,
 	struct control *ctl = calloc(1, sizeof(*ctl));
 
 	if (ctl == NULL) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "control socket: out of memory (check "
+		    "the memory limits of the service)");
 		return NULL;
 	}
 	ctl->cfg = cfg;
@@ -1124,7 +1165,8 @@ control_open(const struct config *cfg, struct event_base *base,
 	ctl->nworkers = nworkers;
 	TAILQ_INIT(&ctl->conns);
 	if ((ctl->resume_ev = evtimer_new(base, on_accept_resume, ctl)) == NULL) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "control socket: out of memory (check "
+		    "the memory limits of the service)");
 		free(ctl);
 		return NULL;
 	}

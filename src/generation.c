@@ -41,7 +41,9 @@ generation_new(struct config *cfg, struct generation *prev, char *err,
 	if (g == NULL || (g->listeners = calloc(cfg->nlisteners + 1,
 	    sizeof(*g->listeners))) == NULL) {
 		free(g);
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "out of memory setting up %zu "
+		    "listener(s) (check the memory limits of the service)",
+		    cfg->nlisteners);
 		return NULL;
 	}
 	g->cfg = cfg;

@@ -18,7 +18,8 @@ listener_open(struct listener *l, const struct cfg_listener *cfg,
 	l->own_file = false;
 	l->count = calloc(1, sizeof(*l->count));
 	if (l->count == NULL) {
-		snprintf(err, errlen, "out of memory");
+		snprintf(err, errlen, "cannot listen on %s: out of memory "
+		    "(check the memory limits of the service)", cfg->addr.text);
 		l->fd = -1;
 		return -1;
 	}

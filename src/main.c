@@ -251,6 +251,7 @@ reload(struct daemon *d, char *msg, size_t msglen)
 	if (d->nretiring == MAX_RETIRING) {
 		snprintf(msg, msglen, "too many reloads still in progress; "
 		    "try again in a moment");
+		log_error("reload refused: %s", msg);
 		config_free(cfg);
 		notify_send("READY=1");
 		return -1;
@@ -319,7 +320,13 @@ begin_stop(struct daemon *d, const char *why)
 		worker_request_stop(&d->workers[i], false);
 	tv.tv_sec = (time_t)(ms / 1000);
 	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-	event_add(d->stop_timer, &tv);
+	if (event_add(d->stop_timer, &tv) == -1) {
+		/* Without the timer a slow client could hold the exit
+		 * forever: do not wait at all. */
+		log_error("cannot arm the shutdown timeout (out of memory); "
+		    "closing every client now");
+		on_stop_timeout(-1, 0, d);
+	}
 }
 
 static void
@@ -385,7 +392,8 @@ on_worker_news(evutil_socket_t fd, short what, void *arg)
 		generation_close_listeners(d->gen);
 	if (stopped == d->nworkers) {
 		if (!d->stopping)
-			log_error("all workers stopped unexpectedly");
+			log_error("all workers stopped unexpectedly (the "
+			    "errors above say why); exiting");
 		event_base_loopbreak(d->base);
 	}
 }
@@ -406,11 +414,15 @@ setup_main_loop(struct daemon *d)
 	if (!d->sig_term || !d->sig_int || !d->sig_hup || !d->sig_usr1 ||
 	    !d->worker_news || !d->stop_timer)
 		return -1;
-	event_add(d->sig_term, NULL);
-	event_add(d->sig_int, NULL);
-	event_add(d->sig_hup, NULL);
-	event_add(d->sig_usr1, NULL);
-	event_add(d->worker_news, NULL);
+	/* Adding a signal event allocates: unchecked, a failure would leave
+	 * SIGTERM with its default action, or never tell main that the
+	 * workers ended. */
+	if (event_add(d->sig_term, NULL) == -1 ||
+	    event_add(d->sig_int, NULL) == -1 ||
+	    event_add(d->sig_hup, NULL) == -1 ||
+	    event_add(d->sig_usr1, NULL) == -1 ||
+	    event_add(d->worker_news, NULL) == -1)
+		return -1;
 	return 0;
 }
 
@@ -455,7 +467,9 @@ run(struct daemon *d, struct config *cfg)
 	}
 	signal(SIGPIPE, SIG_IGN);
 	if (evthread_use_pthreads() == -1 || setup_main_loop(d) == -1) {
-		log_error("cannot set up the event loop");
+		log_error("cannot set up the event loop: out of memory or "
+		    "of file descriptors (check the service's memory and open "
+		    "files limits)");
 		config_free(cfg);
 		goto out;
 	}
@@ -465,6 +479,8 @@ run(struct daemon *d, struct config *cfg)
 	}
 	d->workers = calloc(cfg->workers, sizeof(*d->workers));
 	if (d->workers == NULL) {
+		log_error("out of memory for %u workers; lower workers: or "
+		    "check the memory limits of the service", cfg->workers);
 		config_free(cfg);
 		goto out;
 	}
@@ -498,7 +514,9 @@ run(struct daemon *d, struct config *cfg)
 	    "with %u worker(s)", (long)getpid(), d->gen->nlisteners,
 	    d->nworkers);
 	event_base_dispatch(d->base);
-	rc = 0;
+	/* The loop also ends when every worker stopped by itself: that is a
+	 * failure, and a service manager must see it as one. */
+	rc = d->stopping ? 0 : 1;
 out:
 	stop_workers(d);
 	control_close(d->control);
