@@ -59,6 +59,30 @@ struct conversation {
 	struct event wev;
 };
 
+/* What a client keeps from its first read that returned data until it
+ * leaves (see struct client). */
+struct talk {
+	struct conversation *conv;    /* NULL while it is quiet */
+	uint64_t created_ms;
+	/* the protocol's request state; aligned for any struct */
+	_Alignas(max_align_t) unsigned char parser[];
+};
+
+/* The client's conversation, or NULL when it is quiet or never talked. */
+static inline struct conversation *
+conv_of(const struct client *c)
+{
+	return c->talk != NULL ? c->talk->conv : NULL;
+}
+
+uint64_t
+client_created_ms(const struct client *c)
+{
+	/* Until its first read that returned data, a client was last
+	 * active when it connected. */
+	return c->talk != NULL ? c->talk->created_ms : c->last_active_ms;
+}
+
 static void on_client_read(evutil_socket_t fd, short what, void *arg);
 static void on_client_write(evutil_socket_t fd, short what, void *arg);
 static void process_input(struct client *c);
@@ -67,7 +91,7 @@ static void
 mark_dirty(struct client *c)
 {
 	struct client_env *env = c->route->env;
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 
 	if (cv->dirty)
 		return;
@@ -103,7 +127,7 @@ client_new(struct route *route, size_t listener, int fd)
 	/* Unique across workers: CLIENT ID and HELLO show it. */
 	c->id = (++env->next_id << 8) | env->worker_id;
 	c->state = CLIENT_OPEN;
-	c->created_ms = c->last_active_ms = clock_ms();
+	c->last_active_ms = clock_ms();
 	event_assign(&c->rev, env->base, fd, EV_READ | EV_PERSIST,
 	    on_client_read, c);
 	set_reading(c, true);
@@ -130,10 +154,10 @@ client_reject(const struct route *route, int fd, const char *msg)
 	close(fd);
 }
 
-/* ---- conversations --------------------------------------------------------- */
+/* ---- conversations ------------------------------------------------------- */
 
 /* The client talks (for the first time, or again after going quiet): it
- * gets what that needs. The protocol's state is made once and kept. */
+ * gets what that needs. What it keeps (struct talk) is made once. */
 static int
 start_conversation(struct client *c)
 {
@@ -141,10 +165,13 @@ start_conversation(struct client *c)
 	struct client_env *env = c->route->env;
 	struct conversation *cv;
 
-	if (c->parser == NULL) {
-		if ((c->parser = calloc(1, proto->req_state_size)) == NULL)
+	if (c->talk == NULL) {
+		struct talk *t = calloc(1, sizeof(*t) + proto->req_state_size);
+		if (t == NULL)
 			return -1;
-		proto->req_init(c->parser);
+		t->created_ms = c->last_active_ms; /* it has not talked yet */
+		proto->req_init(t->parser);
+		c->talk = t;
 	}
 	if ((cv = calloc(1, sizeof(*cv))) == NULL)
 		return -1;
@@ -163,7 +190,7 @@ start_conversation(struct client *c)
 	event_assign(&cv->wev, env->base, c->fd, EV_WRITE | EV_PERSIST,
 	    on_client_write, c);
 	LIST_INSERT_HEAD(&env->talking, cv, link);
-	c->conv = cv;
+	c->talk->conv = cv;
 	return 0;
 }
 
@@ -181,7 +208,7 @@ free_conversation(struct conversation *cv)
 static bool
 is_quiet(const struct client *c, uint64_t now)
 {
-	const struct conversation *cv = c->conv;
+	const struct conversation *cv = c->talk->conv;
 
 	return c->state == CLIENT_OPEN && c->reading &&
 	    now - c->last_active_ms >= QUIET_MS &&
@@ -214,7 +241,7 @@ client_release_quiet(struct client_env *env, uint64_t now)
 		if (!is_quiet(c, now))
 			continue;
 		LIST_REMOVE(cv, link);
-		c->conv = NULL;
+		c->talk->conv = NULL;
 		free_conversation(cv);
 		n++;
 	}
@@ -226,23 +253,29 @@ client_release_quiet(struct client_env *env, uint64_t now)
 bool
 client_owes_replies(const struct client *c)
 {
-	return c->conv != NULL && (c->conv->npending > 0 ||
-	    evbuffer_get_length(c->conv->out) > 0);
+	const struct conversation *cv = conv_of(c);
+
+	return cv != NULL && (cv->npending > 0 ||
+	    evbuffer_get_length(cv->out) > 0);
 }
 
 size_t
 client_input_length(const struct client *c)
 {
-	return c->conv != NULL ? evbuffer_get_length(c->conv->in) : 0;
+	const struct conversation *cv = conv_of(c);
+
+	return cv != NULL ? evbuffer_get_length(cv->in) : 0;
 }
 
 size_t
 client_output_length(const struct client *c)
 {
-	return c->conv != NULL ? evbuffer_get_length(c->conv->out) : 0;
+	const struct conversation *cv = conv_of(c);
+
+	return cv != NULL ? evbuffer_get_length(cv->out) : 0;
 }
 
-/* ---- sessions -------------------------------------------------------------- */
+/* ---- sessions ------------------------------------------------------------ */
 
 static void on_dedicated_lost(void *arg);
 static void release_backend(struct client *c);
@@ -255,7 +288,7 @@ static void release_backend(struct client *c);
 static void
 release_dedicated(struct client *c, bool drop)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct backend *b = cv->dedicated;
 
 	if (b == NULL)
@@ -284,13 +317,13 @@ static void
 abandon_session(struct client *c)
 {
 	const struct proto *proto = c->route->proto;
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct backend *b = cv->dedicated;
 
 	if (b == NULL)
 		return;
 	int n = proto->abandon != NULL && cv->stream == NULL ?
-	    proto->abandon(c->parser, b->out) : -1;
+	    proto->abandon(c->talk->parser, b->out) : -1;
 	if (n > 0)
 		backend_queue_internal(b, (unsigned)n, false);
 	if (cv->dedicated != NULL) /* backend_queue_internal may close it */
@@ -303,16 +336,17 @@ static void
 maybe_release(struct client *c)
 {
 	const struct proto *proto = c->route->proto;
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 
 	if (cv->dedicated == NULL || cv->nsent > 0 || cv->stream != NULL)
 		return;
-	if (proto->session_active != NULL && proto->session_active(c->parser))
+	if (proto->session_active != NULL &&
+	    proto->session_active(c->talk->parser))
 		return;
 	release_dedicated(c, false);
 }
 
-/* ---- closing ----------------------------------------------------------------- */
+/* ---- closing ------------------------------------------------------------- */
 
 /* Requests still at a server become orphans: their backend reads the
  * replies and drops them. Finished ones just go. Whatever the client held
@@ -321,7 +355,7 @@ static void
 end_conversation(struct client *c)
 {
 	struct client_env *env = c->route->env;
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct request *req, *next;
 
 	for (req = TAILQ_FIRST(&cv->reqs); req != NULL; req = next) {
@@ -354,14 +388,14 @@ client_close(struct client *c, const char *why)
 	log_debug("client #%llu: closed: %s", (unsigned long long)c->id, why);
 	c->state = CLIENT_CLOSED;
 	event_del(&c->rev);
-	if (c->conv != NULL)
-		event_del(&c->conv->wev);
+	if (conv_of(c) != NULL)
+		event_del(&c->talk->conv->wev);
 	close(c->fd);
 	c->fd = -1;
-	if (c->conv != NULL)
+	if (conv_of(c) != NULL)
 		end_conversation(c);
-	if (c->parser != NULL && route->proto->req_free != NULL)
-		route->proto->req_free(c->parser);
+	if (c->talk != NULL && route->proto->req_free != NULL)
+		route->proto->req_free(c->talk->parser);
 	TAILQ_REMOVE(&env->clients, c, link);
 	env->nclients--;
 	route->nclients--;
@@ -378,7 +412,7 @@ client_drain(struct client *c)
 {
 	if (c->state != CLIENT_OPEN)
 		return;
-	if (c->conv == NULL) {
+	if (conv_of(c) == NULL) {
 		client_close(c, "done"); /* nothing owed */
 		return;
 	}
@@ -387,7 +421,7 @@ client_drain(struct client *c)
 	mark_dirty(c);
 }
 
-/* ---- replies ------------------------------------------------------------------- */
+/* ---- replies ------------------------------------------------------------- */
 
 /* Put a finished reply where it belongs: on the wire if every earlier
  * request has been answered, else kept in the request until they are. */
@@ -407,7 +441,7 @@ store_reply(struct client *c, struct request *req, struct evbuffer *dst,
 static void
 release_done(struct client *c)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct request *req;
 
 	while ((req = TAILQ_FIRST(&cv->reqs)) != NULL &&
@@ -434,7 +468,7 @@ buffered(const struct conversation *cv)
 static inline void
 hold_backend(struct client *c, struct backend *b)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 
 	if (b == NULL || cv->paused != NULL ||
 	    buffered(cv) <= c->route->upstream->limits.max_output)
@@ -446,7 +480,7 @@ hold_backend(struct client *c, struct backend *b)
 static void
 release_backend(struct client *c)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 
 	if (cv->paused == NULL)
 		return;
@@ -459,12 +493,13 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
     bool drop, const char *errmsg)
 {
 	struct client *c = req->client;
-	struct conversation *cv = c->conv;
+	struct talk *t = c->talk;
+	struct conversation *cv = t->conv;
 	const struct proto *proto = c->route->proto;
 	struct backend *from = req->backend;
 
 	if (errmsg == NULL && proto->reply_seen != NULL)
-		proto->reply_seen(c->parser, req->pflags, src, len);
+		proto->reply_seen(t->parser, req->pflags, src, len);
 	if (--cv->nsent == 0) {
 		cv->bound = NULL; /* free to use any connection again */
 		if (cv->dedicated != NULL)
@@ -496,7 +531,7 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
 static void
 queue_local_reply(struct client *c, struct evbuffer *reply)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 
 	if (cv->npending == 0) {
 		evbuffer_add_buffer(cv->out, reply);
@@ -533,7 +568,8 @@ on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
     bool drop, const char *errmsg)
 {
 	struct client *c = req->client;
-	struct conversation *cv = c->conv;
+	struct talk *t = c->talk;
+	struct conversation *cv = t->conv;
 	const struct proto *proto = c->route->proto;
 
 	if (errmsg != NULL) {
@@ -545,11 +581,11 @@ on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
 		return;
 	}
 	if (proto->reply_seen != NULL)
-		proto->reply_seen(c->parser, 0, src, len);
+		proto->reply_seen(t->parser, 0, src, len);
 	evbuffer_remove_buffer(src, cv->out, len);
 	mark_dirty(c);
 	hold_backend(c, req->backend);
-	if (proto->session_active != NULL && !proto->session_active(c->parser)) {
+	if (proto->session_active != NULL && !proto->session_active(t->parser)) {
 		/* Unsubscribed from everything, every reply read: the
 		 * connection is clean and goes back to the pool. */
 		backend_end_stream(cv->dedicated, req);
@@ -562,18 +598,18 @@ static void
 on_dedicated_lost(void *arg)
 {
 	struct client *c = arg;
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	const struct proto *proto = c->route->proto;
 	bool binding;
 
 	binding = proto->session_binding != NULL &&
-	    proto->session_binding(c->parser);
+	    proto->session_binding(c->talk->parser);
 	if (cv->bound == cv->dedicated)
 		cv->bound = NULL;
 	cv->dedicated = NULL;
 	cv->stream = NULL;
 	if (proto->session_reset != NULL)
-		proto->session_reset(c->parser);
+		proto->session_reset(c->talk->parser);
 	/*
 	 * Carrying on would run the client's next "queued" commands at once,
 	 * outside any transaction, or let EXEC succeed after a WATCH that no
@@ -584,7 +620,7 @@ on_dedicated_lost(void *arg)
 		client_drain(c);
 }
 
-/* ---- requests ------------------------------------------------------------------ */
+/* ---- requests ------------------------------------------------------------ */
 
 /* The connection a request goes to: the client's own if it has one (or
  * needs one now), else the one carrying its requests in flight, else any
@@ -593,7 +629,7 @@ static struct backend *
 pick_backend(struct client *c, const struct reqinfo *ri, char *err,
     size_t errlen)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct pool *pool = c->route->pools[0];
 	struct backend *b;
 
@@ -629,7 +665,7 @@ on_pool_wake(struct pool_waiter *w, bool timed_out)
 static bool
 wait_for_connection(struct client *c, const struct reqinfo *ri)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct pool *pool = c->route->pools[0];
 
 	if (pool->down)
@@ -648,7 +684,7 @@ wait_for_connection(struct client *c, const struct reqinfo *ri)
 static void
 forward_request(struct client *c, const struct reqinfo *ri)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct client_env *env = c->route->env;
 	const struct proto *proto = c->route->proto;
 	char err[256];
@@ -659,14 +695,14 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	if (b == NULL) {
 		evbuffer_drain(cv->in, ri->len);
 		if (ri->need != NEED_SHARED && proto->session_reset != NULL)
-			proto->session_reset(c->parser);
+			proto->session_reset(c->talk->parser);
 		reply_error(c, ri->pflags, err);
 		return;
 	}
 	/* What the connection must be told first (SELECT of our db). */
 	if (proto->prepare != NULL)
-		backend_queue_internal(b, proto->prepare(b->parser, c->parser,
-		    ri->pflags, b->out), false);
+		backend_queue_internal(b, proto->prepare(b->parser,
+		    c->talk->parser, ri->pflags, b->out), false);
 	if (b->state == BACKEND_CLOSED) {
 		evbuffer_drain(cv->in, ri->len);
 		reply_error(c, ri->pflags, "connection lost");
@@ -708,8 +744,10 @@ over_limits(const struct client *c)
 {
 	const struct cfg_limits *lim = &c->route->upstream->limits;
 
-	return c->conv->npending >= lim->max_pending ||
-	    evbuffer_get_length(c->conv->out) >= lim->max_output;
+	const struct conversation *cv = c->talk->conv;
+
+	return cv->npending >= lim->max_pending ||
+	    evbuffer_get_length(cv->out) >= lim->max_output;
 }
 
 /* Cut the input into requests and dispatch each, until it runs dry, a
@@ -717,7 +755,8 @@ over_limits(const struct client *c)
 static void
 process_input(struct client *c)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
+	void *parser = c->talk->parser;
 	const struct proto *proto = c->route->proto;
 	const struct cfg_limits *lim = &c->route->upstream->limits;
 	struct worker_stats *stats = c->route->env->stats;
@@ -735,8 +774,8 @@ process_input(struct client *c)
 			.has_dedicated = cv->dedicated != NULL,
 			.can_switch = cv->nsent == 0,
 		};
-		enum proto_verdict v = proto->parse_request(c->parser, cv->in,
-		    lim, &ri);
+		enum proto_verdict v = proto->parse_request(parser, cv->in, lim,
+		    &ri);
 		if (ri.drop_session)
 			release_dedicated(c, true);
 		switch (v) {
@@ -779,7 +818,7 @@ process_input(struct client *c)
 	}
 }
 
-/* ---- reading and writing ------------------------------------------------------ */
+/* ---- reading and writing ------------------------------------------------- */
 
 /*
  * The first read of a client without a conversation goes to the stack, so
@@ -797,7 +836,7 @@ read_to_start(struct client *c)
 	if (n <= 0)
 		return n;
 	if (start_conversation(c) == -1 ||
-	    evbuffer_add(c->conv->in, first, (size_t)n) == -1) {
+	    evbuffer_add(c->talk->conv->in, first, (size_t)n) == -1) {
 		errno = ENOMEM;
 		return -1;
 	}
@@ -810,7 +849,7 @@ on_client_eof(struct client *c)
 {
 	const struct proto *proto = c->route->proto;
 
-	if (c->conv == NULL) {
+	if (conv_of(c) == NULL) {
 		client_close(c, "closed by client");
 		return;
 	}
@@ -819,7 +858,8 @@ on_client_eof(struct client *c)
 	 * session (blocked in BLPOP, subscribed, in MULTI) is gone: its
 	 * session is abandoned now, not when the server answers. */
 	process_input(c);
-	if (proto->session_active != NULL && proto->session_active(c->parser))
+	if (proto->session_active != NULL &&
+	    proto->session_active(c->talk->parser))
 		client_close(c, "closed by client mid-session");
 	else if (c->state == CLIENT_OPEN)
 		client_drain(c);
@@ -833,8 +873,9 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 	size_t total = 0;
 
 	while (total < CLIENT_READ_BUDGET) {
-		ssize_t n = c->conv != NULL ?
-		    net_read(c->conv->in, c->fd, CLIENT_READ_CHUNK) :
+		struct conversation *cv = conv_of(c);
+		ssize_t n = cv != NULL ?
+		    net_read(cv->in, c->fd, CLIENT_READ_CHUNK) :
 		    read_to_start(c);
 		if (n > 0) {
 			total += (size_t)n;
@@ -865,7 +906,7 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 static void
 retry_pending(struct client *c)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 	struct reqinfo ri = cv->pending;
 	struct pool *pool = c->route->pools[0];
 
@@ -881,7 +922,7 @@ retry_pending(struct client *c)
 	cv->waiter.since_ms = 0;
 	evbuffer_drain(cv->in, ri.len);
 	if (c->route->proto->session_reset != NULL)
-		c->route->proto->session_reset(c->parser);
+		c->route->proto->session_reset(c->talk->parser);
 	char err[256];
 	snprintf(err, sizeof(err), "pool exhausted: no connection to %s came "
 	    "free within queue_timeout (%llu ms); all %u are held by sessions "
@@ -895,7 +936,7 @@ retry_pending(struct client *c)
 static void
 flush_client(struct client *c)
 {
-	struct conversation *cv = c->conv;
+	struct conversation *cv = c->talk->conv;
 
 	if (cv->retry_pending && c->state == CLIENT_OPEN)
 		retry_pending(c);
@@ -942,8 +983,9 @@ client_flush_all(struct client_env *env)
 	struct client *c;
 
 	while ((c = env->dirty) != NULL) {
-		env->dirty = c->conv->dirty_next;
-		c->conv->dirty = false;
+		struct conversation *cv = c->talk->conv;
+		env->dirty = cv->dirty_next;
+		cv->dirty = false;
 		if (c->state != CLIENT_CLOSED)
 			flush_client(c);
 	}
@@ -956,9 +998,9 @@ client_reap(struct client_env *env)
 
 	while ((c = env->dead) != NULL) {
 		env->dead = c->dead_next;
-		if (c->conv != NULL)
-			free_conversation(c->conv);
-		free(c->parser);
+		if (conv_of(c) != NULL)
+			free_conversation(c->talk->conv);
+		free(c->talk);
 		free(c);
 	}
 }
@@ -979,7 +1021,7 @@ client_expire_idle(struct client_env *env, uint64_t now,
 			break;
 		uint64_t limit = client_listener(c)->cfg->idle_timeout_ms;
 		if (limit > 0 && idle >= limit &&
-		    (c->conv == NULL || c->conv->npending == 0))
+		    (conv_of(c) == NULL || conv_of(c)->npending == 0))
 			client_close(c, "idle timeout");
 	}
 }

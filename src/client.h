@@ -41,6 +41,7 @@ enum client_state {
 
 struct client;
 struct conversation;
+struct talk;
 TAILQ_HEAD(client_list, client);
 LIST_HEAD(conversation_list, conversation);
 
@@ -50,7 +51,7 @@ struct client_env {
 	struct request_cache requests;
 	struct client_list clients;   /* least recently active first */
 	unsigned nclients;
-	struct conversation_list talking; /* clients' conversations, any order */
+	struct conversation_list talking; /* conversations, in no order */
 	uint64_t quiet_scan_ms;       /* when to look for quiet ones next */
 	struct client *dirty;         /* replies to write at end of event */
 	struct client *dead;          /* to free at end of event */
@@ -64,12 +65,12 @@ struct client_env {
 /*
  * A client connection, kept to what an idle one needs: idle connections
  * are the many (a pool in every application process), so each costs about
- * what the kernel and libevent need for its descriptor. Everything a
- * request needs (buffers, the write event, the request queue, the
- * backends it holds) is its conversation, allocated at its first read that
- * returns data and released once it has been quiet for a while; the
- * protocol's request state (a Redis client's database, name, AUTH) is
- * allocated at that first read too and kept until the client leaves.
+ * what the kernel and libevent need for its descriptor. At its first read
+ * that returns data it gets its talk (client.c): when it connected, the
+ * protocol's request state (a Redis client's database, name, AUTH), kept
+ * until it leaves, and its conversation: what a request needs (buffers,
+ * the write event, the request queue, the backends it holds), given back
+ * once the client has been quiet for a while and made again when it talks.
  */
 struct client {
 	union {
@@ -77,13 +78,11 @@ struct client {
 		struct client *dead_next; /* in env->dead once closed */
 	};
 	struct route *route;
-	struct conversation *conv;    /* NULL until it talks, and when quiet */
-	void *parser;                 /* the protocol's request state, or NULL */
+	struct talk *talk;            /* NULL until its first read with data */
 	uint64_t id;
-	uint64_t created_ms;
-	uint64_t last_active_ms;      /* its last read that returned data */
+	uint64_t last_active_ms;      /* connect, then each read with data */
 	int fd;
-	uint16_t listener;            /* came in on route->listeners[listener] */
+	uint16_t listener;            /* index in route->listeners */
 	uint8_t state;                /* enum client_state, in a byte */
 	bool reading;
 	struct event rev;
@@ -108,6 +107,7 @@ void client_expire_idle(struct client_env *env, uint64_t now,
     uint64_t min_timeout_ms);
 void client_release_quiet(struct client_env *env, uint64_t now);
 bool client_owes_replies(const struct client *c);
+uint64_t client_created_ms(const struct client *c);
 size_t client_input_length(const struct client *c);
 size_t client_output_length(const struct client *c);
 

@@ -556,8 +556,8 @@ worker_fill_snapshot(struct worker *w, struct worker_snapshot *s)
 			    &s->pools[n++]);
 	TAILQ_FOREACH(c, &w->env.clients, link) {
 		s->clients_per_listener[listener_slot(g, c)]++;
-		if (now - c->created_ms > s->oldest_client_ms)
-			s->oldest_client_ms = now - c->created_ms;
+		if (now - client_created_ms(c) > s->oldest_client_ms)
+			s->oldest_client_ms = now - client_created_ms(c);
 		if (client_input_length(c) > s->biggest_input)
 			s->biggest_input = client_input_length(c);
 		if (client_output_length(c) > s->biggest_output)
