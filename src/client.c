@@ -47,7 +47,7 @@ struct conversation {
 	struct request *stream;       /* on dedicated: takes every reply */
 	struct backend *paused;       /* whose reads wait for us to catch up */
 	struct pool_waiter waiter;    /* queued for a connection of its own */
-	struct reqinfo pending;       /* ... for this request, still in the input */
+	struct reqinfo pending;       /* ... for this request, still unread */
 	size_t stored;                /* bytes of replies kept out of turn */
 	struct client *dirty_next;
 	bool has_pending;
