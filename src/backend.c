@@ -112,9 +112,14 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	    on_backend_read, b);
 	event_assign(&b->wev, p->base, b->fd, EV_WRITE | EV_PERSIST,
 	    on_backend_write, b);
-	event_add(&b->rev, NULL);
-	/* Writable means the connect finished, one way or the other. */
-	event_add(&b->wev, NULL);
+	/* Writable means the connect finished, one way or the other. The
+	 * first event of a descriptor allocates its slot: check. */
+	if (event_add(&b->rev, NULL) == -1 || event_add(&b->wev, NULL) == -1) {
+		event_del(&b->rev);
+		close(b->fd);
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
 	b->write_armed = true;
 	b->queues = p->queues;
 	pool_add(p, b, BACKEND_CONNECTING, clock_ms());
@@ -135,15 +140,51 @@ fail:
 	return NULL;
 }
 
-/* Queue len bytes of from as req's request; they go out at the end of the
- * event, together with whatever else the worker sends this server. */
+/*
+ * evbuffer_remove_buffer, all or nothing: libevent 2.1 drops the bytes it
+ * could not copy (an allocation) and still counts them moved. The len
+ * bytes leave src either way; -1: nothing was added to dst. A part of src
+ * goes through a scratch buffer kept per thread, so that the pipelined
+ * path does not allocate one per request (evbuffer_move_done frees it).
+ */
+static _Thread_local struct evbuffer *move_scratch;
+
+int
+evbuffer_move(struct evbuffer *src, struct evbuffer *dst, size_t len)
+{
+	if (len == evbuffer_get_length(src))
+		return evbuffer_add_buffer(dst, src); /* moves chains */
+	if (move_scratch == NULL && (move_scratch = evbuffer_new()) == NULL) {
+		evbuffer_drain(src, len);
+		return -1;
+	}
+	evbuffer_remove_buffer(src, move_scratch, len);
+	if (evbuffer_get_length(move_scratch) == len &&
+	    evbuffer_add_buffer(dst, move_scratch) == 0)
+		return 0;
+	evbuffer_drain(move_scratch, evbuffer_get_length(move_scratch));
+	return -1;
+}
+
 void
+evbuffer_move_done(void)
+{
+	if (move_scratch != NULL)
+		evbuffer_free(move_scratch);
+	move_scratch = NULL;
+}
+
+/* Queue len bytes of from as req's request; they go out at the end of the
+ * event, together with whatever else the worker sends this server. -1:
+ * out of memory, the request is gone and nothing was queued. */
+int
 backend_send(struct backend *b, struct request *req, struct evbuffer *from,
     size_t len)
 {
 	uint64_t now = clock_ms();
 
-	evbuffer_remove_buffer(from, b->out, len);
+	if (evbuffer_move(from, b->out, len) == -1)
+		return -1;
 	req->backend = b;
 	req->sent_us = clock_us();
 	req->state = REQ_SENT;
@@ -154,6 +195,7 @@ backend_send(struct backend *b, struct request *req, struct evbuffer *from,
 		pool_set_state(b, BACKEND_ACTIVE, now);
 	if (b->state != BACKEND_CONNECTING)
 		mark_dirty(b);
+	return 0;
 }
 
 static void
@@ -270,14 +312,17 @@ backend_queue_internal(struct backend *b, unsigned n, bool vital)
 }
 
 /* Bytes for a stream (a subscribed client's commands): their replies come
- * back through the stream request, in the server's order. */
-void
+ * back through the stream request, in the server's order. -1: out of
+ * memory, nothing was queued. */
+int
 backend_send_raw(struct backend *b, struct evbuffer *from, size_t len)
 {
-	evbuffer_remove_buffer(from, b->out, len);
+	if (evbuffer_move(from, b->out, len) == -1)
+		return -1;
 	b->pool->stats.requests++;
 	if (b->state != BACKEND_CONNECTING)
 		mark_dirty(b);
+	return 0;
 }
 
 /* From now on every reply on b goes to req (which stays at the head of

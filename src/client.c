@@ -130,7 +130,12 @@ client_new(struct route *route, size_t listener, int fd)
 	c->last_active_ms = clock_ms();
 	event_assign(&c->rev, env->base, fd, EV_READ | EV_PERSIST,
 	    on_client_read, c);
-	set_reading(c, true);
+	/* the first event of a descriptor allocates its slot */
+	if (event_add(&c->rev, NULL) == -1) {
+		free(c);
+		return NULL;
+	}
+	c->reading = true;
 	TAILQ_INSERT_TAIL(&env->clients, c, link);
 	env->nclients++;
 	route->nclients++;
@@ -425,16 +430,18 @@ client_drain(struct client *c)
 
 /* Put a finished reply where it belongs: on the wire if every earlier
  * request has been answered, else kept in the request until they are. */
-static void
+static bool
 store_reply(struct client *c, struct request *req, struct evbuffer *dst,
     struct evbuffer *src, size_t len, bool drop, const char *errmsg)
 {
 	if (errmsg != NULL)
-		c->route->proto->error_reply(dst, req->pflags, errmsg);
-	else if (drop)
+		return c->route->proto->error_reply(dst, req->pflags,
+		    errmsg) == 0;
+	if (drop) {
 		evbuffer_drain(src, len);
-	else
-		evbuffer_remove_buffer(src, dst, len);
+		return true;
+	}
+	return evbuffer_move(src, dst, len) == 0;
 }
 
 /* Write out, in order, every finished request at the head of the queue. */
@@ -511,7 +518,10 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
 	}
 	req->state = REQ_DONE;
 	if (req == TAILQ_FIRST(&cv->reqs)) {
-		store_reply(c, req, cv->out, src, len, drop, errmsg);
+		if (!store_reply(c, req, cv->out, src, len, drop, errmsg)) {
+			client_close(c, "out of memory"); /* a reply lost */
+			return;
+		}
 		release_done(c);
 		hold_backend(c, errmsg == NULL ? from : NULL);
 		return;
@@ -522,7 +532,10 @@ on_request_done(struct request *req, struct evbuffer *src, size_t len,
 		evbuffer_drain(src, len);
 		return;
 	}
-	store_reply(c, req, req->reply, src, len, drop, errmsg);
+	if (!store_reply(c, req, req->reply, src, len, drop, errmsg)) {
+		client_close(c, "out of memory"); /* a reply lost */
+		return;
+	}
 	cv->stored += evbuffer_get_length(req->reply);
 	hold_backend(c, errmsg == NULL ? from : NULL);
 }
@@ -542,6 +555,9 @@ queue_local_reply(struct client *c, struct evbuffer *reply)
 	if (req == NULL || (req->reply = evbuffer_new()) == NULL) {
 		if (req != NULL)
 			request_free(&c->route->env->requests, req);
+		/* the scratch is shared: left there, this reply would be the
+		 * next client's */
+		evbuffer_drain(reply, evbuffer_get_length(reply));
 		client_close(c, "out of memory");
 		return;
 	}
@@ -558,7 +574,10 @@ reply_error(struct client *c, uint32_t pflags, const char *msg)
 {
 	struct evbuffer *scratch = c->route->env->scratch;
 
-	c->route->proto->error_reply(scratch, pflags, msg);
+	if (c->route->proto->error_reply(scratch, pflags, msg) == -1) {
+		client_close(c, "out of memory"); /* not a reply short */
+		return;
+	}
 	queue_local_reply(c, scratch);
 }
 
@@ -582,7 +601,10 @@ on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
 	}
 	if (proto->reply_seen != NULL)
 		proto->reply_seen(t->parser, 0, src, len);
-	evbuffer_remove_buffer(src, cv->out, len);
+	if (evbuffer_move(src, cv->out, len) == -1) {
+		client_close(c, "out of memory");
+		return;
+	}
 	mark_dirty(c);
 	hold_backend(c, req->backend);
 	if (proto->session_active != NULL && !proto->session_active(t->parser)) {
@@ -690,7 +712,10 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	char err[256];
 	struct backend *b = pick_backend(c, ri, err, sizeof(err));
 
-	if (b == NULL && wait_for_connection(c, ri))
+	/* Wait only for a pool that is full: a connection that could not
+	 * be opened (memory, descriptors) is not coming by waiting. */
+	if (b == NULL && pool_total(c->route->pools[0]) >=
+	    c->route->pools[0]->max_connections && wait_for_connection(c, ri))
 		return;
 	if (b == NULL) {
 		evbuffer_drain(cv->in, ri->len);
@@ -720,7 +745,8 @@ forward_request(struct client *c, const struct reqinfo *ri)
 			backend_start_stream(b, sreq);
 			cv->stream = sreq;
 		}
-		backend_send_raw(b, cv->in, ri->len);
+		if (backend_send_raw(b, cv->in, ri->len) == -1)
+			client_close(c, "out of memory");
 		return;
 	}
 	struct request *req = request_new(&env->requests);
@@ -732,10 +758,15 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	req->done = on_request_done;
 	req->pflags = ri->pflags;
 	TAILQ_INSERT_TAIL(&cv->reqs, req, client_link);
+	if (backend_send(b, req, cv->in, ri->len) == -1) {
+		TAILQ_REMOVE(&cv->reqs, req, client_link);
+		request_free(&env->requests, req);
+		client_close(c, "out of memory");
+		return;
+	}
 	cv->npending++;
 	cv->nsent++;
 	cv->bound = b;
-	backend_send(b, req, cv->in, ri->len);
 	req->no_timeout = ri->no_timeout;
 }
 

@@ -763,7 +763,7 @@ mc_strip(struct evbuffer *in, size_t from, size_t to)
 
 /* ---- requests ---- */
 
-static void mc_error_reply(struct evbuffer *out, uint32_t pflags,
+static int mc_error_reply(struct evbuffer *out, uint32_t pflags,
     const char *msg);
 
 enum mc_req_phase {
@@ -1283,12 +1283,13 @@ mc_parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 
 /* ---- the rest of the table ---- */
 
-static void
+static int
 mc_error_reply(struct evbuffer *out, uint32_t pflags, const char *msg)
 {
 	if (pflags & MC_PF_NOREPLY)
-		return;
-	evbuffer_add_printf(out, "SERVER_ERROR sidepool: %s\r\n", msg);
+		return 0;
+	return evbuffer_add_printf(out, "SERVER_ERROR sidepool: %s\r\n",
+	    msg) < 0 ? -1 : 0;
 }
 
 static void

@@ -102,7 +102,7 @@ struct proto {
 	 * "SERVER_ERROR sidepool: msg"). Appends nothing when the client asked
 	 * for no reply (pflags says so).
 	 */
-	void (*error_reply)(struct evbuffer *out, uint32_t pflags, const char *msg);
+	int (*error_reply)(struct evbuffer *out, uint32_t pflags, const char *msg);
 
 	/* Append a health probe request (PING, "mn") whose reply the proxy reads. */
 	void (*probe)(struct evbuffer *out);

@@ -83,7 +83,7 @@ add_error(struct evbuffer *out, const char *fmt, ...)
 	evbuffer_add(out, "\r\n", 2);
 }
 
-static void error_reply(struct evbuffer *out, uint32_t pflags,
+static int error_reply(struct evbuffer *out, uint32_t pflags,
     const char *msg);
 
 /* client.c's words for an incomplete request that outgrew the limit, so
@@ -392,15 +392,22 @@ parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 	return RV_NEED_MORE;
 }
 
-static void
+/* One evbuffer_add: a reply is whole or not there. */
+static int
 error_reply(struct evbuffer *out, uint32_t pflags, const char *msg)
 {
-	evbuffer_add(out, "-ERR sidepool: ", 15);
-	for (const char *s = msg; *s != '\0'; s++) {
-		char ch = *s == '\r' || *s == '\n' ? ' ' : *s;
-		evbuffer_add(out, &ch, 1);
-	}
-	evbuffer_add(out, "\r\n", 2);
+	char line[512];
+	int n = snprintf(line, sizeof(line) - 2, "-ERR sidepool: %s", msg);
+
+	if (n < 0)
+		return -1;
+	if ((size_t)n > sizeof(line) - 3)
+		n = (int)sizeof(line) - 3;
+	for (int i = 1; i < n; i++)
+		if (line[i] == '\r' || line[i] == '\n')
+			line[i] = ' ';
+	memcpy(line + n, "\r\n", 2);
+	return evbuffer_add(out, line, (size_t)n + 2);
 }
 
 static void
