@@ -64,9 +64,11 @@ accept_clients(struct worker *w, struct worker_listener *wl)
 			    errno == ENOBUFS || errno == ENOMEM) {
 				/* Out of descriptors: stop trying for a while
 				 * instead of spinning on a readable socket. */
-				log_warn("cannot accept on %s: %s (raise the "
-				    "open files limit, LimitNOFILE=)",
-				    cfg->addr.text, strerror(errno));
+				static _Thread_local struct log_limit ll;
+				log_limited(&ll, LOG_WARN, "cannot accept on "
+				    "%s: %s (raise the open files limit, "
+				    "LimitNOFILE=)", cfg->addr.text,
+				    strerror(errno));
 				struct timeval tv = { 0, EMFILE_PAUSE_MS * 1000 };
 				event_del(&wl->accept_ev);
 				event_add(&wl->resume_ev, &tv);
@@ -209,12 +211,13 @@ new_wgen(struct worker *w, struct generation *gen)
 	g->gen = gen;
 	generation_ref(gen);
 	TAILQ_INSERT_TAIL(&w->gens, g, link);
-	g->nroutes = cfg->nupstreams;
-	g->routes = calloc(g->nroutes, sizeof(*g->routes));
-	g->nlisteners = gen->nlisteners;
-	g->listeners = calloc(g->nlisteners + 1, sizeof(*g->listeners));
+	g->routes = calloc(cfg->nupstreams, sizeof(*g->routes));
+	g->listeners = calloc(gen->nlisteners + 1, sizeof(*g->listeners));
 	if (g->routes == NULL || g->listeners == NULL)
 		goto fail;
+	/* only now: free_wgen walks what these count */
+	g->nroutes = cfg->nupstreams;
+	g->nlisteners = gen->nlisteners;
 	for (size_t r = 0; r < g->nroutes; r++) {
 		const struct cfg_upstream *up = &cfg->upstreams[r];
 		struct route *route = &g->routes[r];
@@ -287,6 +290,8 @@ min_client_timeout(const struct wgen *g)
 
 /* ---- the janitor ---------------------------------------------------------- */
 
+static void job_apply(struct worker *w, void *arg);
+
 static void
 on_janitor(evutil_socket_t fd, short what, void *arg)
 {
@@ -309,6 +314,8 @@ on_janitor(evutil_socket_t fd, short what, void *arg)
 		client_expire_idle(&w->env, now, min);
 	client_release_quiet(&w->env, now);
 	free_unused_gens(w);
+	if (w->apply_later != NULL)
+		job_apply(w, w->apply_later);
 }
 
 /* ---- stopping ------------------------------------------------------------- */
@@ -337,7 +344,7 @@ stop_loop(struct worker *w)
 	close_everything(w);
 	w->state = WORKER_STOPPED;
 	event_del(w->janitor);
-	event_base_loopexit(w->base, NULL);
+	event_base_loopbreak(w->base); /* loopexit allocates */
 }
 
 static void
@@ -404,11 +411,19 @@ job_apply(struct worker *w, void *arg)
 	struct generation *gen = arg;
 	struct wgen *old = w->current;
 
+	if (w->apply_later != NULL && w->apply_later != gen) {
+		generation_unref(w->apply_later); /* a newer one came */
+		w->apply_later = NULL;
+	}
 	if (w->state == WORKER_RUNNING) {
 		struct wgen *g = new_wgen(w, gen);
 		if (g == NULL) {
-			log_error("reload: out of memory; keeping generation %u",
-			    old->gen->id);
+			/* keep the reference; the janitor tries again */
+			if (w->apply_later == NULL)
+				log_error("reload: out of memory; keeping "
+				    "generation %u, trying again", old->gen->id);
+			w->apply_later = gen;
+			return;
 		} else {
 			set_accepting(old, false);
 			w->current = g;
@@ -417,6 +432,8 @@ job_apply(struct worker *w, void *arg)
 			    gen->id);
 		}
 	}
+	if (w->apply_later == gen)
+		w->apply_later = NULL;
 	atomic_store(&w->gen_id, gen->id);
 	event_active(w->notify_main, EV_READ, 0);
 	generation_unref(gen); /* the reference main took for this job */
@@ -431,6 +448,11 @@ on_mailbox(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 	struct worker_job *jobs, *next, *rev = NULL;
 
+	int stop = atomic_exchange(&w->stop_request, STOP_NONE);
+	if (stop == STOP_DRAIN)
+		job_drain(w, NULL);
+	else if (stop == STOP_NOW)
+		job_stop_now(w, NULL);
 	pthread_mutex_lock(&w->lock);
 	jobs = w->jobs;
 	w->jobs = NULL;
@@ -467,8 +489,13 @@ worker_post(struct worker *w, worker_job_fn *fn, void *arg)
 void
 worker_request_stop(struct worker *w, bool now)
 {
-	if (worker_post(w, now ? job_stop_now : job_drain, NULL) == -1)
-		log_error("cannot stop worker %u: out of memory", w->id);
+	int want = now ? STOP_NOW : STOP_DRAIN;
+	int had = atomic_load(&w->stop_request);
+
+	while (had < want &&
+	    !atomic_compare_exchange_weak(&w->stop_request, &had, want))
+		;
+	event_active(w->mailbox, EV_READ, 0);
 }
 
 /* Hand the worker a new generation; it takes its own reference. */
@@ -635,6 +662,7 @@ run_worker(void *arg)
 	on_janitor(-1, 0, w); /* min_idle connections open now, not in 100 ms */
 	log_debug("started");
 	event_base_dispatch(w->base);
+	evbuffer_move_done();
 	log_debug("stopped");
 	atomic_store(&w->accepts_stopped, true);
 	atomic_store(&w->finished, true);
@@ -680,6 +708,8 @@ worker_free(struct worker *w)
 			generation_unref(job->arg);
 		free(job);
 	}
+	if (w->apply_later != NULL)
+		generation_unref(w->apply_later);
 	w->current = NULL;
 	while ((g = TAILQ_FIRST(&w->gens)) != NULL)
 		free_wgen(w, g);

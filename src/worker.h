@@ -88,7 +88,13 @@ struct worker {
 	atomic_uint gen_id;
 	atomic_bool accepts_stopped;
 	atomic_bool finished;
+	/* Stopping needs no memory: an enum stop_request the mailbox acts on. */
+	atomic_int stop_request;
+	struct generation *apply_later; /* a reload new_wgen could not build */
 };
+
+/* What main asked a worker to do about stopping; only ever raised. */
+enum stop_request { STOP_NONE, STOP_DRAIN, STOP_NOW };
 
 int worker_init(struct worker *w, unsigned id, struct generation *gen,
     struct event *notify_main, char *err, size_t errlen);
