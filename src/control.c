@@ -1047,8 +1047,10 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 			/* Out of descriptors: pause instead of spinning on a
 			 * socket that stays readable. */
 			struct timeval pause = { 0, 100 * 1000 };
-			log_warn("control: cannot accept: %s (raise the open "
-			    "files limit, LimitNOFILE=)", strerror(errno));
+			static struct log_limit ll; /* main thread only */
+			log_limited(&ll, LOG_WARN, "control: cannot accept: "
+			    "%s (raise the open files limit, LimitNOFILE=)",
+			    strerror(errno));
 			if (ctl->accept_ev != NULL)
 				event_del(ctl->accept_ev);
 			if (ctl->metrics_ev != NULL)
