@@ -120,8 +120,9 @@ struct proto {
 	 * says whether the client still needs its own connection;
 	 * session_reset forgets the session (its connection was lost);
 	 * session_binding says whether that loss would silently change what
-	 * the client's next commands mean (an open MULTI or WATCH), so the
-	 * client must be closed instead of carrying on without it.
+	 * the client's next commands mean (an open MULTI or WATCH) or its
+	 * replies (subscriptions, MONITOR), so the client must be closed
+	 * instead of carrying on without it.
 	 * reply_seen is told of every reply delivered to the client (and of
 	 * every message of a stream). prepare appends commands a connection
 	 * needs before this client's request (SELECT of its database) and

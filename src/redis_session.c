@@ -291,12 +291,18 @@ subscribed(const struct redis_session *s)
 	return s->subs[0].n + s->subs[1].n + s->subs[2].n > 0;
 }
 
-/* A transaction being queued or keys being watched: the server's side of
- * it dies with the connection, and nothing here can rebuild it. */
+/*
+ * A transaction being queued, keys being watched, subscriptions or MONITOR:
+ * the server's side of it dies with the connection, and nothing here can
+ * rebuild it. A subscriber told of the loss by one error could not tell it
+ * from the answer to a request of its own in flight (a PING): one reply too
+ * many, and every later one shifted; closed, it resubscribes as after any
+ * lost connection.
+ */
 bool
 session_binding(const struct redis_session *s)
 {
-	return s->in_multi || s->watching;
+	return s->in_multi || s->watching || s->monitor || subscribed(s);
 }
 
 bool

@@ -515,6 +515,34 @@ def transaction_connection_lost():
         expect(b.call("SET", "lost:b", "1"), "OK", "another client after the losses")
 
 
+@h.test("a subscriber whose connection dies gets one error and is closed: never that error "
+        "and then the answer to its own PING as two replies")
+def subscription_connection_lost():
+    r = h.RedisServer()
+    sp = start(r, pool=ONE_CONN)
+    s = sp.client()
+    s.send_command("SUBSCRIBE", "lost:ch")
+    expect(s.read_reply(), [b"subscribe", b"lost:ch", 1], "SUBSCRIBE")
+    rows = poll_clients(r, lambda rows: any(row.get("cmd") == "subscribe" for row in rows),
+                        "redis shows the subscriber's connection")
+    for row in rows:
+        if row.get("cmd") == "subscribe":
+            r.call("CLIENT", "KILL", "ID", row["id"])
+    wait_dedicated(sp, 0, "after the subscriber's connection was killed")
+    try:
+        s.send_command("PING")
+    except OSError:
+        pass  # closed already: fine
+    got, closed = s.read_raw(timeout=3.0)
+    s.close()
+    assert closed, "the subscriber stayed open after its subscription was lost: %r" % got
+    assert got.count(b"\r\n") >= 1 and got.startswith(b"-ERR sidepool: connection"), got
+    assert b"PONG" not in got and b"pong" not in got, \
+        "the subscriber got the loss error and a PING answer: %r" % got
+    with sp.client() as b:
+        expect(b.call("PING"), "PONG", "another client after the loss")
+
+
 @h.test("session commands pipelined behind shared requests keep the order; when every "
         "connection is held by a session, others wait up to queue_timeout, then get a clear "
         "'pool exhausted' error (not a hang); a waiter gets the first connection that frees")
