@@ -264,6 +264,14 @@ def prometheus_metrics():
     up = [v for n, l, v in samples if n == "sidepool_server_up"]
     assert up == [1.0], up
     assert scrape(addr, "/other")[0] == 404
+    # every family is documented in sidepoolctl(8), PROMETHEUS METRICS
+    with open(os.path.join(h.SRCDIR, "man", "sidepoolctl.8")) as f:
+        man = f.read()
+    section = man[man.index(".SH PROMETHEUS METRICS"):]
+    section = section[:section.index("\n.SH ", 1)]
+    names = sorted({ln.split()[2] for ln in body.splitlines() if ln.startswith("# TYPE ")})
+    missing = [n for n in names if n[len("sidepool_"):] not in section]
+    assert not missing, "metrics missing from sidepoolctl(8) PROMETHEUS METRICS: %s" % missing
 
 
 def ctl_timed(sp, *args, stdout=subprocess.PIPE):
