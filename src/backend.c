@@ -143,15 +143,30 @@ fail:
 /*
  * evbuffer_remove_buffer, all or nothing: libevent 2.1 drops the bytes it
  * could not copy (an allocation) and still counts them moved. The len
- * bytes leave src either way; -1: nothing was added to dst. A part of src
- * goes through a scratch buffer kept per thread, so that the pipelined
- * path does not allocate one per request (evbuffer_move_done frees it).
+ * bytes leave src either way; -1: nothing was added to dst. The common
+ * cases cost what evbuffer_remove_buffer does: whole chains move by
+ * pointer, and a part of src's first chain is copied by one evbuffer_add,
+ * which allocates before it copies anything. Only a part spanning chains
+ * goes through a scratch buffer kept per thread (evbuffer_move_done frees
+ * it).
  */
 static _Thread_local struct evbuffer *move_scratch;
 
 int
 evbuffer_move(struct evbuffer *src, struct evbuffer *dst, size_t len)
 {
+	size_t first = evbuffer_get_contiguous_space(src);
+
+	if (first == len) {
+		evbuffer_remove_buffer(src, dst, len); /* moves the chain */
+		return 0;
+	}
+	if (first > len) {
+		/* one evbuffer_add, which allocates before it copies */
+		size_t before = evbuffer_get_length(dst);
+		evbuffer_remove_buffer(src, dst, len);
+		return evbuffer_get_length(dst) - before == len ? 0 : -1;
+	}
 	if (len == evbuffer_get_length(src))
 		return evbuffer_add_buffer(dst, src); /* moves chains */
 	if (move_scratch == NULL && (move_scratch = evbuffer_new()) == NULL) {
