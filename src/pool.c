@@ -302,6 +302,28 @@ fail_fast(struct pool *p, char *err, size_t errlen)
 }
 
 /*
+ * A busy connection with room in its pipeline, round robin: the head of
+ * the list usually has room; when it is full, another one may have, and
+ * opening a new connection while one has room grows the pool to
+ * max_connections under bursts.
+ */
+static struct backend *
+shared_with_room(struct pool *p)
+{
+	struct backend *b;
+
+	TAILQ_FOREACH(b, &p->lists[BACKEND_ACTIVE], pool_link) {
+		if (b->ninflight < p->pipeline_depth && b->paused == 0) {
+			TAILQ_REMOVE(&p->lists[BACKEND_ACTIVE], b, pool_link);
+			TAILQ_INSERT_TAIL(&p->lists[BACKEND_ACTIVE], b,
+			    pool_link);
+			return b;
+		}
+	}
+	return NULL;
+}
+
+/*
  * A connection for one more multiplexed request, or NULL with the reason
  * in err. Prefer reuse over new connections: a few deep pipelines cost the
  * server far less per request than many shallow ones, and that saving is
@@ -318,9 +340,8 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 		pool_set_state(b, BACKEND_ACTIVE, now);
 		return b;
 	}
-	b = TAILQ_FIRST(&p->lists[BACKEND_ACTIVE]);
-	if (b != NULL && b->ninflight < p->pipeline_depth && b->paused == 0)
-		return rotate(p, BACKEND_ACTIVE);
+	if ((b = shared_with_room(p)) != NULL)
+		return b;
 	b = TAILQ_FIRST(&p->lists[BACKEND_CONNECTING]);
 	if (b != NULL && b->owner == NULL && b->ninflight < p->pipeline_depth)
 		return rotate(p, BACKEND_CONNECTING);
