@@ -908,6 +908,12 @@ def fill_descriptors(sp):
                      what="client %d to be answered or refused" % (len(accepted) + 1))
         if not seen:
             return accepted, c
+        if h.WRAPPER and seen != ["PONG"]:
+            # valgrind closes a connection the kernel accepted beyond the
+            # descriptors it leaves the program (EMFILE after the fact):
+            # the backlog this test relies on is not there
+            raise h.Skip("under %s an accept past the descriptor limit closes the "
+                         "connection" % h.WRAPPER[0])
         assert seen == ["PONG"], "a PING got %r" % (seen,)
         accepted.append(c)
     raise AssertionError("%d clients accepted with RLIMIT_NOFILE %d" % (len(accepted), NOFILE))
