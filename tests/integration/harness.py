@@ -952,6 +952,27 @@ class Memcached(_Server):
             s.close()
 
 
+def rss_kb(pid):
+    """VmRSS of a process, in kB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+def sanitizer_build(path):
+    """True for an ASan, TSan, MSan or HWASan binary: their runtimes leave
+    these names in it (and bring their own malloc)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return any(m in data for m in (b"__asan_init", b"__tsan_init", b"__msan_init",
+                                   b"__hwasan_init"))
+
+
 def redis_cli(args, timeout=10.0, input=None):
     """Run redis-cli; returns CompletedProcess with text stdout/stderr."""
     return subprocess.run(["redis-cli"] + list(args), input=input, capture_output=True,

@@ -52,22 +52,11 @@ REPORT = re.compile(r"^failalloc: on=(\d) calls=(\d+) armed_calls=(\d+) failed=(
 # --------------------------------------------------------------------------
 # The shim
 
-def sanitizer_build(path):
-    """ASan, TSan, MSan and HWASan bring their own malloc: a preloaded one
-    would fight it. Their runtimes leave these names in the binary."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return any(m in data for m in (b"__asan_init", b"__tsan_init", b"__msan_init",
-                                   b"__hwasan_init"))
-
 
 def build_shim():
     if h.WRAPPER:
         h.skip_all("SIDEPOOL_WRAPPER is set: valgrind replaces malloc, the shim cannot")
-    if os.access(h.SIDEPOOL_BIN, os.X_OK) and sanitizer_build(h.SIDEPOOL_BIN):
+    if os.access(h.SIDEPOOL_BIN, os.X_OK) and h.sanitizer_build(h.SIDEPOOL_BIN):
         h.skip_all("%s is a sanitizer build: its malloc cannot be replaced" % h.SIDEPOOL_BIN)
     cc = os.environ.get("CC") or "cc"
     if not shutil.which(cc.split()[0]):

@@ -50,21 +50,11 @@ GET = b"*2\r\n$3\r\nGET\r\n$8\r\nidle:key\r\n"
 
 # ---------------------------------------------------------------- helpers
 
-def sanitizer_build(path):
-    """ASan and friends leave their runtime's names in the binary."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return any(m in data for m in (b"__asan_init", b"__tsan_init", b"__msan_init",
-                                   b"__hwasan_init"))
-
 
 def require_plain_malloc():
     if h.WRAPPER:
         raise h.Skip("the daemon runs under SIDEPOOL_WRAPPER, whose allocator is not glibc's")
-    if sanitizer_build(h.SIDEPOOL_BIN):
+    if h.sanitizer_build(h.SIDEPOOL_BIN):
         raise h.Skip("a sanitizer build pads and quarantines every allocation")
 
 
@@ -79,20 +69,12 @@ def require_descriptors(n):
         raise h.Skip("open-files limit %d is below the %d this test needs" % (soft, want))
 
 
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
-
-
 def settled_rss_kb(pid):
     """VmRSS once it has not moved for 0.3 s."""
-    last = [rss_kb(pid), time.monotonic()]
+    last = [h.rss_kb(pid), time.monotonic()]
 
     def still():
-        cur = rss_kb(pid)
+        cur = h.rss_kb(pid)
         if cur != last[0]:
             last[0], last[1] = cur, time.monotonic()
             return False

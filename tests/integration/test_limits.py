@@ -123,14 +123,6 @@ def nfds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
-
-
 def cpu_over(pid, seconds):
     """CPU seconds the daemon used over the next `seconds`, and per thread."""
     c0, t0 = cpu_seconds(pid), thread_cpu(pid)
@@ -525,7 +517,7 @@ def max_request_size():
         assert r.call("EXISTS", "over") == 0, "the oversized SET reached the server"
 
         # an endless bulk: the daemon must stop reading it, not buffer it
-        rss0 = rss_kb(sp.pid)
+        rss0 = h.rss_kb(sp.pid)
         c = sp.client(timeout=10)
         c.sock.sendall(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000000\r\n")
         chunk = b"z" * 65536
@@ -536,10 +528,10 @@ def max_request_size():
                 c.sock.sendall(chunk)
                 sent += len(chunk)
                 if sent % MB == 0:
-                    peak = max(peak, rss_kb(sp.pid))
+                    peak = max(peak, h.rss_kb(sp.pid))
         except (BrokenPipeError, ConnectionResetError, socket.timeout) as e:
             cut = e
-        peak = max(peak, rss_kb(sp.pid))
+        peak = max(peak, h.rss_kb(sp.pid))
         data, closed = c.read_raw(timeout=3)
         c.close()
         h.diag("endless bulk: %.1f MB sent before %r; got %r; RSS %d -> peak %d kB" % (

@@ -163,14 +163,6 @@ def sidepool_error(v):
     return isinstance(v, h.Error) and v.startswith("ERR sidepool:")
 
 
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
-
-
 def sanitized():
     """True when the daemon is built with AddressSanitizer (its quarantine
     keeps freed memory resident)."""
@@ -885,7 +877,7 @@ def slow_reader():
         assert d.call("SET", "big", value, timeout=20) == "OK"
     with sp.client() as c:
         assert c.call("GET", "small") is None
-    base = rss_kb(sp.pid)
+    base = h.rss_kb(sp.pid)
     v0 = view(sp)
     problems = []
     c = sp.client(timeout=30)
@@ -894,7 +886,7 @@ def slow_reader():
     peak, t0 = base, time.monotonic()
     # the test is about a client that does not read for a while
     while time.monotonic() - t0 < 2.5:
-        peak = max(peak, rss_kb(sp.pid))
+        peak = max(peak, h.rss_kb(sp.pid))
         if peak > 400 * 1024:
             break
         time.sleep(0.05)
@@ -924,11 +916,11 @@ def slow_reader():
         h.diag("sanitizer build: its allocator keeps freed memory, RSS not checked after")
     else:
         try:
-            h.poll_until(lambda: rss_kb(sp.pid) < base + 64 * 1024, h.scale(5),
+            h.poll_until(lambda: h.rss_kb(sp.pid) < base + 64 * 1024, h.scale(5),
                          what="RSS to come back near the baseline")
         except AssertionError:
             problems.append("RSS %d kB 5s after the client left (baseline %d kB)" % (
-                rss_kb(sp.pid), base))
+                h.rss_kb(sp.pid), base))
     v = view(sp)
     h.diag(v.summary())
     assert sp.alive(), "sidepool died"
