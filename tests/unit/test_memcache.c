@@ -1782,6 +1782,13 @@ START_TEST(error_reply_in_memcached_words)
 	ck_assert_uint_eq(evbuffer_get_length(out), 0);
 	P->error_reply(out, pflags_of("mg k q\r\n"), "backend down");
 	ck_assert_uint_eq(evbuffer_get_length(out), sizeof(want) - 1);
+	evbuffer_drain(out, sizeof(want) - 1);
+	/* a message holding CR or LF (a unix path) stays one line */
+	const char want2[] = "SERVER_ERROR sidepool: cannot connect to /a b c\r\n";
+	P->error_reply(out, 0, "cannot connect to /a\rb\nc");
+	n = evbuffer_get_length(out);
+	ck_assert_uint_eq(n, sizeof(want2) - 1);
+	ck_assert(memcmp(evbuffer_pullup(out, -1), want2, n) == 0);
 	evbuffer_free(out);
 }
 END_TEST
