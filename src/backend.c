@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buffer.h"
 #include "clock.h"
 #include "log.h"
 #include "net.h"
@@ -138,55 +139,6 @@ fail:
 		evbuffer_free(b->out);
 	free(b);
 	return NULL;
-}
-
-/*
- * evbuffer_remove_buffer, all or nothing: libevent 2.1 drops the bytes it
- * could not copy (an allocation) and still counts them moved. The len
- * bytes leave src either way; -1: nothing was added to dst. The common
- * cases cost what evbuffer_remove_buffer does: whole chains move by
- * pointer, and a part of src's first chain is copied by one evbuffer_add,
- * which allocates before it copies anything. Only a part spanning chains
- * goes through a scratch buffer kept per thread (evbuffer_move_done frees
- * it).
- */
-static _Thread_local struct evbuffer *move_scratch;
-
-int
-evbuffer_move(struct evbuffer *src, struct evbuffer *dst, size_t len)
-{
-	size_t first = evbuffer_get_contiguous_space(src);
-
-	if (first == len) {
-		evbuffer_remove_buffer(src, dst, len); /* moves the chain */
-		return 0;
-	}
-	if (first > len) {
-		/* one evbuffer_add, which allocates before it copies */
-		size_t before = evbuffer_get_length(dst);
-		evbuffer_remove_buffer(src, dst, len);
-		return evbuffer_get_length(dst) - before == len ? 0 : -1;
-	}
-	if (len == evbuffer_get_length(src))
-		return evbuffer_add_buffer(dst, src); /* moves chains */
-	if (move_scratch == NULL && (move_scratch = evbuffer_new()) == NULL) {
-		evbuffer_drain(src, len);
-		return -1;
-	}
-	evbuffer_remove_buffer(src, move_scratch, len);
-	if (evbuffer_get_length(move_scratch) == len &&
-	    evbuffer_add_buffer(dst, move_scratch) == 0)
-		return 0;
-	evbuffer_drain(move_scratch, evbuffer_get_length(move_scratch));
-	return -1;
-}
-
-void
-evbuffer_move_done(void)
-{
-	if (move_scratch != NULL)
-		evbuffer_free(move_scratch);
-	move_scratch = NULL;
 }
 
 /* Queue len bytes of from as req's request; they go out at the end of the

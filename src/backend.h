@@ -79,8 +79,6 @@ struct backend_queues {
 
 struct backend *backend_open(struct pool *p, char *err, size_t errlen);
 void backend_probe(struct backend *b);
-int evbuffer_move(struct evbuffer *src, struct evbuffer *dst, size_t len);
-void evbuffer_move_done(void);
 int backend_send(struct backend *b, struct request *req,
     struct evbuffer *from, size_t len);
 int backend_send_raw(struct backend *b, struct evbuffer *from, size_t len);

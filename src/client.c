@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buffer.h"
 #include "clock.h"
 #include "log.h"
 #include "net.h"

@@ -9,6 +9,7 @@
 
 #include <event2/buffer.h>
 
+#include "buffer.h"
 #include "memcache.h"
 
 /*
@@ -1286,23 +1287,9 @@ mc_parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 static int
 mc_error_reply(struct evbuffer *out, uint32_t pflags, const char *msg)
 {
-	char line[512];
-	int n;
-
 	if (pflags & MC_PF_NOREPLY)
 		return 0;
-	/* one line (a unix path or strerror may hold CR or LF), one add:
-	 * a reply is whole or not there */
-	n = snprintf(line, sizeof(line) - 2, "SERVER_ERROR sidepool: %s", msg);
-	if (n < 0)
-		return -1;
-	if ((size_t)n > sizeof(line) - 3)
-		n = (int)sizeof(line) - 3;
-	for (int i = 0; i < n; i++)
-		if (line[i] == '\r' || line[i] == '\n')
-			line[i] = ' ';
-	memcpy(line + n, "\r\n", 2);
-	return evbuffer_add(out, line, (size_t)n + 2);
+	return buffer_add_line(out, "SERVER_ERROR sidepool: ", "%s", msg);
 }
 
 static void

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer.h"
 #include "command.h"
 #include "proto.h"
 #include "redis_session.h"
@@ -76,11 +77,9 @@ add_error(struct evbuffer *out, const char *fmt, ...)
 {
 	va_list ap;
 
-	evbuffer_add(out, "-ERR ", 5);
 	va_start(ap, fmt);
-	evbuffer_add_vprintf(out, fmt, ap);
+	(void)buffer_add_vline(out, "-ERR ", fmt, ap);
 	va_end(ap);
-	evbuffer_add(out, "\r\n", 2);
 }
 
 static int error_reply(struct evbuffer *out, uint32_t pflags,
@@ -392,22 +391,11 @@ parse_reply(void *state, struct evbuffer *in, uint32_t pflags,
 	return RV_NEED_MORE;
 }
 
-/* One evbuffer_add: a reply is whole or not there. */
 static int
 error_reply(struct evbuffer *out, uint32_t pflags, const char *msg)
 {
-	char line[512];
-	int n = snprintf(line, sizeof(line) - 2, "-ERR sidepool: %s", msg);
-
-	if (n < 0)
-		return -1;
-	if ((size_t)n > sizeof(line) - 3)
-		n = (int)sizeof(line) - 3;
-	for (int i = 1; i < n; i++)
-		if (line[i] == '\r' || line[i] == '\n')
-			line[i] = ' ';
-	memcpy(line + n, "\r\n", 2);
-	return evbuffer_add(out, line, (size_t)n + 2);
+	(void)pflags;
+	return buffer_add_line(out, "-ERR sidepool: ", "%s", msg);
 }
 
 static void

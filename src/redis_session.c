@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer.h"
 #include "config.h"
 #include "log.h"
 
@@ -91,22 +92,10 @@ static void
 add_error(struct evbuffer *out, const char *fmt, ...)
 {
 	va_list ap;
-	char *s;
-	int n;
 
 	va_start(ap, fmt);
-	n = vasprintf(&s, fmt, ap);
+	(void)buffer_add_vline(out, "", fmt, ap);
 	va_end(ap);
-	if (n < 0) {
-		evbuffer_add_printf(out, "-ERR sidepool: out of memory\r\n");
-		return;
-	}
-	for (int i = 0; i < n; i++)
-		if (s[i] == '\r' || s[i] == '\n')
-			s[i] = ' ';
-	evbuffer_add(out, s, (size_t)n);
-	evbuffer_add(out, "\r\n", 2);
-	free(s);
 }
 
 static void
