@@ -44,14 +44,6 @@ mark_dirty(struct backend *b)
 	event_active(q->flush_ev, EV_TIMEOUT, 0);
 }
 
-/* A connect that failed for want of something of our own (descriptors,
- * kernel buffers) says nothing about the server. */
-static bool
-is_local_shortage(int e)
-{
-	return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
-}
-
 /*
  * Only the request that needed the connection fails: the server is not
  * marked down and no failure is counted against it, so the other clients
@@ -98,7 +90,7 @@ backend_open(struct pool *p, char *err, size_t errlen)
 	if (net_connect(&p->server->addr, &b->fd, why, sizeof(why)) ==
 	    NET_FAILED) {
 		int e = errno; /* as the failed socket() or connect() left it */
-		if (is_local_shortage(e)) {
+		if (net_local_shortage(e)) {
 			report_local_shortage(p, e, err, errlen);
 			goto fail;
 		}

@@ -1042,8 +1042,7 @@ on_accept(evutil_socket_t lfd, short what, void *arg)
 	int fd;
 
 	if (net_accept(lfd, &fd) == -1) {
-		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-		    errno == ENOMEM) {
+		if (net_local_shortage(errno)) {
 			/* Out of descriptors: pause instead of spinning on a
 			 * socket that stays readable. */
 			struct timeval pause = { 0, 100 * 1000 };

@@ -269,3 +269,13 @@ net_read_reserved(struct evbuffer *buf, int fd, size_t max)
 	evbuffer_commit_space(buf, v, n);
 	return r;
 }
+
+/* An accept or connect that failed for want of something of our own
+ * (descriptors, kernel buffers): it says nothing about the peer, and
+ * retrying at once only spins. */
+bool
+net_local_shortage(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOBUFS ||
+	    err == ENOMEM;
+}

@@ -8,6 +8,7 @@
 #define SIDEPOOL_NET_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <sys/types.h>
 
 #include <event2/buffer.h>
@@ -26,6 +27,7 @@ enum net_connect_result net_connect(const struct cfg_addr *addr, int *fdp,
 int net_socket_error(int fd);
 int net_accept(int lfd, int *fdp);
 void net_tune_stream(int fd);
+bool net_local_shortage(int err);
 
 /* Read what is ready, up to max bytes, into buf. Returns bytes read (> 0),
  * 0 at end of stream, -1 on error (errno set; EAGAIN when nothing ready). */

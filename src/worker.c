@@ -61,8 +61,7 @@ accept_clients(struct worker *w, struct worker_listener *wl)
 	for (int i = 0; i < ACCEPTS_PER_WAKEUP; i++) {
 		int fd;
 		if (net_accept(l->fd, &fd) == -1) {
-			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM) {
+			if (net_local_shortage(errno)) {
 				/* Out of descriptors: stop trying for a while
 				 * instead of spinning on a readable socket. */
 				static _Thread_local struct log_limit ll;
@@ -425,13 +424,11 @@ job_apply(struct worker *w, void *arg)
 				    "generation %u, trying again", old->gen->id);
 			w->apply_later = gen;
 			return;
-		} else {
-			set_accepting(old, false);
-			w->current = g;
-			set_accepting(g, true);
-			log_debug("serving configuration generation %u",
-			    gen->id);
 		}
+		set_accepting(old, false);
+		w->current = g;
+		set_accepting(g, true);
+		log_debug("serving configuration generation %u", gen->id);
 	}
 	if (w->apply_later == gen)
 		w->apply_later = NULL;
