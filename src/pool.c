@@ -277,15 +277,20 @@ pool_release(struct backend *b, uint64_t now)
 		pool_set_state(b, BACKEND_IDLE, now);
 }
 
-/* Round robin among busy connections: take the head, move it to the tail. */
+/* b, in list s, goes last: round robin among the connections of s. */
 static struct backend *
-rotate(struct pool *p, enum backend_state s)
+to_tail(struct pool *p, enum backend_state s, struct backend *b)
 {
-	struct backend *b = TAILQ_FIRST(&p->lists[s]);
-
 	TAILQ_REMOVE(&p->lists[s], b, pool_link);
 	TAILQ_INSERT_TAIL(&p->lists[s], b, pool_link);
 	return b;
+}
+
+/* Take the head of s, moved to the tail. */
+static struct backend *
+rotate(struct pool *p, enum backend_state s)
+{
+	return to_tail(p, s, TAILQ_FIRST(&p->lists[s]));
 }
 
 /* A server marked down fails requests at once rather than each waiting
@@ -312,14 +317,9 @@ shared_with_room(struct pool *p)
 {
 	struct backend *b;
 
-	TAILQ_FOREACH(b, &p->lists[BACKEND_ACTIVE], pool_link) {
-		if (b->ninflight < p->pipeline_depth && b->paused == 0) {
-			TAILQ_REMOVE(&p->lists[BACKEND_ACTIVE], b, pool_link);
-			TAILQ_INSERT_TAIL(&p->lists[BACKEND_ACTIVE], b,
-			    pool_link);
-			return b;
-		}
-	}
+	TAILQ_FOREACH(b, &p->lists[BACKEND_ACTIVE], pool_link)
+		if (b->ninflight < p->pipeline_depth && b->paused == 0)
+			return to_tail(p, BACKEND_ACTIVE, b);
 	return NULL;
 }
 
