@@ -515,6 +515,26 @@ def transaction_connection_lost():
         expect(b.call("SET", "lost:b", "1"), "OK", "another client after the losses")
 
 
+@h.test("an HTTP request sent as Redis commands (POST, Host:) closes only its own client: "
+        "another client's pipeline on the same server connection gets every reply")
+def http_attack_closes_only_its_client():
+    r = h.RedisServer()
+    sp = start(r, pool=ONE_CONN)
+    a = sp.client(timeout=20)
+    n = 5000
+    a.send(h.encode_many([("INCR", "http:a")] * n))
+    with sp.client() as b:
+        b.send(b"POST / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        got, closed = b.read_raw(timeout=3.0)
+        assert closed and got == b"", "the HTTP client got %r (closed=%s)" % (got, closed)
+    replies = a.read_replies(n)
+    assert replies == list(range(1, n + 1)), \
+        "the neighbour's pipeline was hurt: first wrong %r" % (
+            next((x for i, x in enumerate(replies) if x != i + 1), None),)
+    a.close()
+    assert "cross-protocol" in sp.log_text()
+
+
 @h.test("a subscriber whose connection dies gets one error and is closed: never that error "
         "and then the answer to its own PING as two replies")
 def subscription_connection_lost():
