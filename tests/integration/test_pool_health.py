@@ -7,7 +7,9 @@ request; a server that is not there is marked down, fails fast with backoff
 and comes back; idle probes find a stopped server; requests in flight on a
 killed or stopped server get exactly one reply each; a client that leaves
 with 1,000 requests in flight does not cost a connection; min_idle,
-max_lifetime, LRU eviction, max_clients and max_output do what they say.
+max_lifetime, LRU eviction, max_clients and max_output do what they say;
+many clients' requests fill one connection before the next, and skip one
+with a large reply half read.
 
 Every test checks both what clients see and the counters, read with the
 real `sidepoolctl -s SOCKET --json CMD` (so sidepoolctl is tested too).
@@ -953,6 +955,73 @@ def client_idle_timeout():
         assert active.call("PING") == "PONG"
         time.sleep(0.1)  # activity spread over time is the point here
     assert active.call("GET", "it:k") == b"1"
+
+
+# --------------------------------------------------------------------------
+# Which connection a request joins
+
+@h.test("ten clients' requests at once join one busy connection (active 1, in_flight "
+        "10) while three idle ones stay idle; every client gets its own reply")
+def requests_fill_one_connection():
+    r = h.RedisServer()
+    sp = start([r], pool={"size": 8, "max_connections": 8, "idle_timeout": "60s",
+                          "min_idle": 4, "probe_interval": 0})
+    wait_view(sp, lambda v: v.idle() == 4, "min_idle to open four connections")
+    clients = [sp.client(timeout=10) for _ in range(10)]
+    with r.client() as direct:
+        for i in range(10):
+            assert direct.call("SET", "ff:%d" % i, "client-%d" % i) == "OK"
+    r.pause()  # nothing is answered: every request stays in flight
+    try:
+        for i, c in enumerate(clients):
+            c.send(h.encode("GET", "ff:%d" % i))
+        v = wait_view(sp, lambda v: v.pool["in_flight"] == 10, "ten requests in flight")
+        assert v.pool["active"] == 1 and v.idle() == 3, \
+            "ten requests spread over %d connections (want 1): %s" % (
+                v.pool["active"], v.summary())
+    finally:
+        r.resume()
+    for i, c in enumerate(clients):
+        got = c.read_reply()
+        assert got == b"client-%d" % i, "client %d got %r" % (i, got)
+        c.close()
+
+
+@h.test("a request does not join a connection whose large reply is half read (the "
+        "server stalls mid-reply): it goes on another connection and is answered, then "
+        "the large reply arrives whole")
+def request_avoids_large_transfer():
+    stall = threading.Event()
+    big = b"v" * (2 * MB)
+
+    def script(idx, s, args):
+        if args[0].upper() == b"GET" and args[1] == b"big":
+            s.sendall(b"$%d\r\n" % len(big) + big[:MB])
+            stall.wait(20)
+            s.sendall(big[MB:] + b"\r\n")
+            return True
+        return None
+
+    srv = FakeRedis(script)
+    sp = start([srv.addr], pool=NO_PROBES, request_timeout="30s")
+    try:
+        a = sp.client(timeout=20)
+        a.send(h.encode("GET", "big"))
+        # the first megabyte is in sidepool (not in a kernel buffer) once it
+        # counts the bytes as received
+        wait_view(sp, lambda v: v.srv["bytes_received"] >= MB,
+                  "sidepool to read the first megabyte of the reply")
+        with sp.client(timeout=5) as b:
+            got = b.call("GET", "small", timeout=h.scale(3))
+            assert got is None, "GET behind a stalled large reply got %r" % (got,)
+        v = view(sp)
+        assert v.opened == 2, "want a second connection for the GET: %s" % v.summary()
+    finally:
+        stall.set()
+    got = a.read_reply(timeout=h.scale(10))
+    assert got == big, "the large reply came back %s" % (
+        "%d bytes" % len(got) if isinstance(got, bytes) else repr(got)[:100])
+    a.close()
 
 
 if __name__ == "__main__":
