@@ -140,12 +140,12 @@ int
 backend_send(struct backend *b, struct request *req, struct evbuffer *from,
     size_t len)
 {
-	uint64_t now = clock_ms();
+	uint64_t now_us = clock_us(), now = now_us / 1000;
 
 	if (evbuffer_move(from, b->out, len) == -1)
 		return -1;
 	req->backend = b;
-	req->sent_us = clock_us();
+	req->sent_us = now_us;
 	req->state = REQ_SENT;
 	TAILQ_INSERT_TAIL(&b->inflight, req, backend_link);
 	b->ninflight++;
@@ -364,7 +364,8 @@ complete_from(struct backend *b, struct request *req, struct evbuffer *src,
 	TAILQ_REMOVE(&b->inflight, req, backend_link);
 	b->ninflight--;
 	if (errmsg == NULL && !req->internal) {
-		uint64_t us = clock_us() - req->sent_us;
+		uint64_t us = b->read_us > req->sent_us ?
+		    b->read_us - req->sent_us : 0;
 		p->stats.replies++;
 		p->stats.latency_sum_us += us;
 		latency_record(p->stats.latency, us);
@@ -605,7 +606,7 @@ parse_replies(struct backend *b)
 			pool_record_failure(b->pool, clock_ms(), true,
 			    "server is busy (LOADING, MASTERDOWN or BUSY)");
 		else if (b->pool->failures > 0 || b->pool->down)
-			pool_record_success(b->pool, clock_ms());
+			pool_record_success(b->pool, b->read_us / 1000);
 		if (ri.replace != NULL) {
 			struct evbuffer *scratch = b->pool->queues->scratch;
 			size_t n = strlen(ri.replace);
@@ -627,6 +628,7 @@ on_backend_read(evutil_socket_t fd, short what, void *arg)
 	struct backend *b = arg;
 	size_t total = 0;
 
+	b->read_us = clock_us();
 	while (total < BACKEND_READ_BUDGET) {
 		ssize_t n = net_read(b->in, b->fd, BACKEND_READ_CHUNK);
 		if (n > 0) {

@@ -41,6 +41,9 @@ struct backend {
 	uint64_t used_ms;           /* when it last finished serving clients */
 	uint64_t probed_ms;         /* when a probe last succeeded on it */
 	uint64_t retire_ms;         /* max_lifetime, staggered; 0 = never */
+	uint64_t read_us;           /* when its replies were last read: their
+				       latency ends there, one clock read per
+				       read instead of one per reply */
 	struct event rev;           /* always armed: idle reads are watched too */
 	struct event wev;           /* armed only while out could not be written */
 	struct evbuffer *in;
