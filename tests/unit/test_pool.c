@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/buffer.h>
+
 #include "pool.h"
 
 #define MAX_FAKES 64
@@ -27,6 +29,8 @@ fake_open(struct pool *p, char *err, size_t errlen)
 	}
 	struct backend *b = calloc(1, sizeof(*b));
 	TAILQ_INIT(&b->inflight);
+	b->in = evbuffer_new();
+	b->out = evbuffer_new();
 	fakes[nfakes++] = b;
 	pool_add(p, b, BACKEND_CONNECTING, fake_now);
 	return b;
@@ -80,8 +84,11 @@ setup(void)
 static void
 teardown(void)
 {
-	for (int i = 0; i < nfakes; i++)
+	for (int i = 0; i < nfakes; i++) {
+		evbuffer_free(fakes[i]->in);
+		evbuffer_free(fakes[i]->out);
 		free(fakes[i]);
+	}
 }
 
 /* Open n connections and make them idle, the first one idling first. */
@@ -192,6 +199,72 @@ START_TEST(test_busy_connection_under_pipeline_depth_is_shared)
 	struct backend *b = pool_acquire(&pool, fake_now, NULL, 0);
 	ck_assert_ptr_eq(a, b);
 	ck_assert_uint_eq(pool_total(&pool), 1);
+}
+END_TEST
+
+/* Two busy connections, a opened first: b took the last request. */
+static void
+make_two_busy(struct backend **a, struct backend **b)
+{
+	*a = pool_acquire(&pool, fake_now, NULL, 0);
+	pool_set_state(*a, BACKEND_ACTIVE, fake_now);
+	(*a)->ninflight = pool.pipeline_depth;
+	*b = pool_acquire(&pool, fake_now, NULL, 0);
+	pool_set_state(*b, BACKEND_ACTIVE, fake_now);
+	(*b)->ninflight = 1;
+	(*a)->ninflight = 1;
+}
+
+START_TEST(test_requests_fill_the_last_used_connection_before_another)
+{
+	struct backend *a, *b;
+
+	make_two_busy(&a, &b);
+	ck_assert_ptr_ne(a, b);
+	for (int i = 0; i < 5; i++) {
+		struct backend *x = pool_acquire(&pool, fake_now, NULL, 0);
+		ck_assert_ptr_eq(x, b);
+		x->ninflight++;
+	}
+	b->ninflight = pool.pipeline_depth; /* full: the one before it */
+	ck_assert_ptr_eq(pool_acquire(&pool, fake_now, NULL, 0), a);
+	ck_assert_ptr_eq(pool_acquire(&pool, fake_now, NULL, 0), a);
+}
+END_TEST
+
+START_TEST(test_busy_connection_is_preferred_to_an_idle_one)
+{
+	make_idle(1);
+	struct backend *idle = fakes[0];
+	struct backend *busy = pool_acquire(&pool, fake_now, NULL, 0);
+	ck_assert_ptr_eq(busy, idle); /* no busy one yet: the idle one */
+	pool_set_state(busy, BACKEND_ACTIVE, fake_now);
+	busy->ninflight = 1;
+	make_idle(1);
+	ck_assert_uint_eq(pool.count[BACKEND_IDLE], 1);
+	ck_assert_ptr_eq(pool_acquire(&pool, fake_now, NULL, 0), busy);
+	ck_assert_uint_eq(pool.count[BACKEND_IDLE], 1);
+}
+END_TEST
+
+START_TEST(test_connection_with_large_transfer_takes_no_new_request)
+{
+	struct backend *a, *b;
+	static char chunk[64 * 1024];
+
+	make_two_busy(&a, &b);
+	evbuffer_add(b->in, chunk, sizeof(chunk)); /* a large reply half read */
+	ck_assert_ptr_eq(pool_acquire(&pool, fake_now, NULL, 0), a);
+	evbuffer_add(a->out, chunk, sizeof(chunk)); /* a large request unsent */
+	struct backend *c = pool_acquire(&pool, fake_now, NULL, 0);
+	ck_assert_ptr_ne(c, a);
+	ck_assert_ptr_ne(c, b);
+	ck_assert_int_eq(nfakes, 3);
+	evbuffer_drain(b->in, sizeof(chunk));
+	c->ninflight = 1;
+	pool_set_state(c, BACKEND_ACTIVE, fake_now);
+	c->ninflight = pool.pipeline_depth;
+	ck_assert_ptr_eq(pool_acquire(&pool, fake_now, NULL, 0), b);
 }
 END_TEST
 
@@ -430,6 +503,9 @@ pool_suite(void)
 	tcase_add_test(tc, test_idle_timeout_zero_means_never);
 	tcase_add_test(tc, test_reuse_of_idle_connection_resets_its_lru_position);
 	tcase_add_test(tc, test_busy_connection_under_pipeline_depth_is_shared);
+	tcase_add_test(tc, test_requests_fill_the_last_used_connection_before_another);
+	tcase_add_test(tc, test_busy_connection_is_preferred_to_an_idle_one);
+	tcase_add_test(tc, test_connection_with_large_transfer_takes_no_new_request);
 	tcase_add_test(tc, test_deep_pipelines_open_new_connections_up_to_max);
 	tcase_add_test(tc, test_failed_open_on_empty_pool_returns_null);
 	tcase_add_test(tc, test_connect_timeout_closes_connecting_connection);
