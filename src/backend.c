@@ -134,13 +134,14 @@ fail:
 }
 
 /* Queue len bytes of from as req's request; they go out at the end of the
- * event, together with whatever else the worker sends this server. -1:
+ * event, together with whatever else the worker sends this server. now_us:
+ * when the request was read (its latency and timeout run from there). -1:
  * out of memory, the request is gone and nothing was queued. */
 int
 backend_send(struct backend *b, struct request *req, struct evbuffer *from,
-    size_t len)
+    size_t len, uint64_t now_us)
 {
-	uint64_t now_us = clock_us(), now = now_us / 1000;
+	uint64_t now = now_us / 1000;
 
 	if (evbuffer_move(from, b->out, len) == -1)
 		return -1;

@@ -83,7 +83,7 @@ struct backend_queues {
 struct backend *backend_open(struct pool *p, char *err, size_t errlen);
 void backend_probe(struct backend *b);
 int backend_send(struct backend *b, struct request *req,
-    struct evbuffer *from, size_t len);
+    struct evbuffer *from, size_t len, uint64_t now_us);
 int backend_send_raw(struct backend *b, struct evbuffer *from, size_t len);
 void backend_queue_internal(struct backend *b, unsigned n, bool vital);
 void backend_start_stream(struct backend *b, struct request *req);

@@ -86,7 +86,7 @@ client_created_ms(const struct client *c)
 
 static void on_client_read(evutil_socket_t fd, short what, void *arg);
 static void on_client_write(evutil_socket_t fd, short what, void *arg);
-static void process_input(struct client *c);
+static void process_input(struct client *c, uint64_t now_us);
 
 static void
 mark_dirty(struct client *c)
@@ -649,8 +649,8 @@ on_dedicated_lost(void *arg)
  * needs one now), else the one carrying its requests in flight, else any
  * the pool gives. NULL with err when there is none to be had. */
 static struct backend *
-pick_backend(struct client *c, const struct reqinfo *ri, char *err,
-    size_t errlen)
+pick_backend(struct client *c, const struct reqinfo *ri, uint64_t now_ms,
+    char *err, size_t errlen)
 {
 	struct conversation *cv = c->talk->conv;
 	struct pool *pool = c->route->pools[0];
@@ -660,8 +660,8 @@ pick_backend(struct client *c, const struct reqinfo *ri, char *err,
 		return cv->dedicated;
 	if (ri->need == NEED_SHARED)
 		return cv->bound != NULL ? cv->bound :
-		    pool_acquire(pool, clock_ms(), err, errlen);
-	if ((b = pool_acquire_dedicated(pool, clock_ms(), err, errlen)) == NULL)
+		    pool_acquire(pool, now_ms, err, errlen);
+	if ((b = pool_acquire_dedicated(pool, now_ms, err, errlen)) == NULL)
 		return NULL;
 	backend_set_owner(b, c, on_dedicated_lost);
 	cv->dedicated = b;
@@ -703,15 +703,18 @@ wait_for_connection(struct client *c, const struct reqinfo *ri)
 	return true;
 }
 
-/* Send the request at the head of the input (ri->len bytes) to a server. */
+/* Send the request at the head of the input (ri->len bytes) to a server.
+ * now_us: when the input was read (one clock read per read, not per
+ * request: on this path the clock was the costliest call). */
 static void
-forward_request(struct client *c, const struct reqinfo *ri)
+forward_request(struct client *c, const struct reqinfo *ri, uint64_t now_us)
 {
 	struct conversation *cv = c->talk->conv;
 	struct client_env *env = c->route->env;
 	const struct proto *proto = c->route->proto;
 	char err[256];
-	struct backend *b = pick_backend(c, ri, err, sizeof(err));
+	struct backend *b = pick_backend(c, ri, now_us / 1000, err,
+	    sizeof(err));
 
 	/* Wait only for a pool that is full: a connection that could not
 	 * be opened (memory, descriptors) is not coming by waiting. */
@@ -759,7 +762,7 @@ forward_request(struct client *c, const struct reqinfo *ri)
 	req->done = on_request_done;
 	req->pflags = ri->pflags;
 	TAILQ_INSERT_TAIL(&cv->reqs, req, client_link);
-	if (backend_send(b, req, cv->in, ri->len) == -1) {
+	if (backend_send(b, req, cv->in, ri->len, now_us) == -1) {
 		TAILQ_REMOVE(&cv->reqs, req, client_link);
 		request_free(&env->requests, req);
 		client_close(c, "out of memory");
@@ -785,7 +788,7 @@ over_limits(const struct client *c)
 /* Cut the input into requests and dispatch each, until it runs dry, a
  * limit pauses reading, or the client must close. */
 static void
-process_input(struct client *c)
+process_input(struct client *c, uint64_t now_us)
 {
 	struct conversation *cv = c->talk->conv;
 	void *parser = c->talk->parser;
@@ -820,7 +823,7 @@ process_input(struct client *c)
 			return;
 		case PV_FORWARD:
 			stats->requests++;
-			forward_request(c, &ri);
+			forward_request(c, &ri, now_us);
 			if (cv->has_pending)
 				return; /* it waits at the head of the input */
 			break;
@@ -889,7 +892,7 @@ on_client_eof(struct client *c)
 	 * redis-server gives it; but a client gone in the middle of a
 	 * session (blocked in BLPOP, subscribed, in MULTI) is gone: its
 	 * session is abandoned now, not when the server answers. */
-	process_input(c);
+	process_input(c, clock_us());
 	if (proto->session_active != NULL &&
 	    proto->session_active(c->talk->parser))
 		client_close(c, "closed by client mid-session");
@@ -927,10 +930,11 @@ on_client_read(evutil_socket_t fd, short what, void *arg)
 	if (total == 0)
 		return;
 	env->stats->bytes_in += total;
-	c->last_active_ms = clock_ms();
+	uint64_t now_us = clock_us();
+	c->last_active_ms = now_us / 1000;
 	TAILQ_REMOVE(&env->clients, c, link);
 	TAILQ_INSERT_TAIL(&env->clients, c, link);
-	process_input(c);
+	process_input(c, now_us);
 }
 
 /* Woken from the pool's wait queue: the request waiting at the head of
@@ -945,7 +949,7 @@ retry_pending(struct client *c)
 	cv->retry_pending = false;
 	cv->has_pending = false;
 	if (!cv->pending_timed_out) {
-		forward_request(c, &ri);
+		forward_request(c, &ri, clock_us());
 		if (cv->has_pending)
 			return; /* lost the race: waiting again */
 		cv->waiter.since_ms = 0;
@@ -999,7 +1003,7 @@ flush_client(struct client *c)
 	if (c->state == CLIENT_OPEN && !c->reading && !cv->wait_switch &&
 	    !cv->has_pending && !over_limits(c)) {
 		set_reading(c, true);
-		process_input(c);
+		process_input(c, clock_us());
 	}
 }
 
