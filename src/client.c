@@ -56,7 +56,8 @@ struct conversation {
 	bool pending_timed_out;
 	bool dirty;
 	bool write_armed;
-	bool wait_switch;             /* a request waits for nsent == 0 */
+	bool wait_switch;             /* a request waits for nsent == 0, or
+					 for its stream's next reply */
 	struct event wev;
 };
 
@@ -602,6 +603,13 @@ on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
 	}
 	if (proto->reply_seen != NULL)
 		proto->reply_seen(t->parser, 0, src, len);
+	if (cv->wait_switch) {
+		/* A request waits for the replies the stream owes (QUIT,
+		 * RESET): it asks again after each; the protocol knows when
+		 * none is left. */
+		cv->wait_switch = false;
+		mark_dirty(c);
+	}
 	if (evbuffer_move(src, cv->out, len) == -1) {
 		client_close(c, "out of memory");
 		return;
@@ -633,6 +641,10 @@ on_dedicated_lost(void *arg)
 	cv->stream = NULL;
 	if (proto->session_reset != NULL)
 		proto->session_reset(c->talk->parser);
+	if (cv->wait_switch) { /* what it waited for went with the connection */
+		cv->wait_switch = false;
+		mark_dirty(c);
+	}
 	/*
 	 * Carrying on would run the client's next "queued" commands at once,
 	 * outside any transaction, or let EXEC succeed after a WATCH that no

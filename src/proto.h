@@ -29,8 +29,9 @@ enum proto_verdict {
 	PV_LOCAL_CLOSE, /* answered here (reply may be empty); then close the client */
 	PV_SKIP,        /* ri.len bytes that ask for nothing (empty line, "*0") */
 	PV_ERROR_CLOSE, /* bad input: send ri.reply, then close the client */
-	PV_WAIT,        /* needs another connection: call again once nothing
-			   of this client's is in flight (ri.can_switch) */
+	PV_WAIT,        /* not yet: call again once nothing of this
+			   client's is in flight (ri.can_switch), or, in
+			   a stream, after its next reply */
 };
 
 /* What a request needs from the server connection it runs on. */

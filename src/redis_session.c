@@ -890,6 +890,12 @@ dispatch(struct redis_session *s, const struct command *cmd, enum cmd_kind k,
 		    "supported", upname);
 		return PV_LOCAL;
 	}
+	/* In a stream, QUIT and RESET come after the replies it still owes
+	 * (SUBSCRIBE's confirmations, MONITOR's +OK): answered now, they
+	 * would overtake them, and RESET would drop them with the
+	 * connection. Asked again at each reply of the stream. */
+	if ((k == K_QUIT || k == K_RESET) && s->expect > 0)
+		return PV_WAIT;
 	/* RESET closes the client's own connection: the replies still owed
 	 * on it (MULTI's +OK, a blocking pop's) must have come first. */
 	if (k == K_RESET && ri->has_dedicated && !ri->can_switch &&

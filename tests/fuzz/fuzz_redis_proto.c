@@ -168,6 +168,7 @@ struct req_run {
 	uint32_t inflight[MAX_INFLIGHT]; /* pflags of requests sent */
 	size_t ninflight;         /* nsent */
 	size_t nstream;           /* stream requests whose reply is owed */
+	size_t stream_waits;      /* PV_WAITs for a stream's replies */
 	size_t nforwarded;        /* replies handed out so far */
 	size_t nfwd;              /* requests forwarded so far */
 	size_t nforwarded_points; /* PV_FORWARD verdicts so far */
@@ -373,10 +374,22 @@ req_drive(struct req_run *r)
 			    r->lim->max_request_size);
 			return;
 		case PV_WAIT:
-			/* waiting with nothing in flight waits forever */
-			CHECK(!ri.can_switch);
 			CHECK(evbuffer_get_length(r->scratch) == 0);
-			deliver(r);
+			if (!ri.can_switch) {
+				deliver(r);
+				break;
+			}
+			/* With nothing in flight only a stream's owed replies
+			 * may hold a request (QUIT, RESET behind SUBSCRIBE);
+			 * waiting on nothing waits forever. One more reply
+			 * of the stream arrives, and it asks again. */
+			CHECK(r->stream);
+			CHECK(++r->stream_waits < 100000);
+			reply_seen(r, 0);
+			if (P->session_active != NULL &&
+			    !P->session_active(r->state))
+				r->stream = false;
+			maybe_release(r);
 			break;
 		case PV_FORWARD: {
 			struct evbuffer *fwd = evbuffer_new();
