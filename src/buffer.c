@@ -3,12 +3,58 @@
  * that are all or nothing (an allocation that fails must not leave a
  * request or a reply cut short in a stream), and one-line replies (an
  * error that quotes a client's bytes or a unix path stays one line)
- * written in one piece, so that a failure leaves no half reply.
+ * written in one piece, so that a failure leaves no half reply; and a
+ * count of libevent's failed allocations, per thread, so that a reply
+ * built by many calls can be known to be whole.
  */
 #include "buffer.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <event2/event.h>
+
+/*
+ * A reply sidepool builds itself (HELLO's map, PING's message) takes
+ * several evbuffer_add calls, any of which may fail; checking each at
+ * every call site would double the code that builds replies. libevent
+ * allocates through these instead, and the caller compares the count
+ * before and after. Per thread: each worker asks about its own.
+ */
+static _Thread_local unsigned long alloc_failures;
+
+static void *
+counting_malloc(size_t n)
+{
+	void *p = malloc(n);
+
+	if (p == NULL)
+		alloc_failures++;
+	return p;
+}
+
+static void *
+counting_realloc(void *old, size_t n)
+{
+	void *p = realloc(old, n);
+
+	if (p == NULL && n > 0)
+		alloc_failures++;
+	return p;
+}
+
+void
+buffer_count_failures(void)
+{
+	event_set_mem_functions(counting_malloc, counting_realloc, free);
+}
+
+unsigned long
+buffer_alloc_failures(void)
+{
+	return alloc_failures;
+}
 
 /*
  * evbuffer_remove_buffer, all or nothing: libevent 2.1 drops the bytes it

@@ -821,10 +821,19 @@ process_input(struct client *c, uint64_t now_us)
 			.has_dedicated = cv->dedicated != NULL,
 			.can_switch = cv->nsent == 0,
 		};
+		unsigned long failures = buffer_alloc_failures();
 		enum proto_verdict v = proto->parse_request(parser, cv->in, lim,
 		    &ri);
 		if (ri.drop_session)
 			release_dedicated(c, true);
+		if ((v == PV_LOCAL || v == PV_LOCAL_CLOSE ||
+		    v == PV_ERROR_CLOSE) && buffer_alloc_failures() != failures) {
+			/* A reply of ours came out short (an allocation
+			 * failed): sent, it would shift every later one. */
+			evbuffer_drain(scratch, evbuffer_get_length(scratch));
+			client_close(c, "out of memory");
+			return;
+		}
 		switch (v) {
 		case PV_NEED_MORE:
 			if (evbuffer_get_length(cv->in) > lim->max_request_size) {

@@ -16,6 +16,7 @@
 #include <event2/thread.h>
 
 #include "build_config.h"
+#include "buffer.h"
 #include "config.h"
 #include "control.h"
 #include "generation.h"
@@ -540,6 +541,8 @@ main(int argc, char **argv)
 	const char *path = CONFIG_DEFAULT_PATH;
 	bool test_only = false;
 	int opt;
+
+	buffer_count_failures(); /* before anything of libevent's */
 
 	while ((opt = getopt(argc, argv, "c:thV")) != -1) {
 		switch (opt) {

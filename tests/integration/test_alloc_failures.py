@@ -31,9 +31,11 @@ AF_BACKTRACE=K logs the stacks of the first K failures under load (20).
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -838,6 +840,78 @@ def reload_with_one_failure_anywhere():
             problems.append("k=%d: reload %s, then %s; failed: %s" % (
                 k, outcome[0], label(str(e), stack, log), stack or "(none)"))
     report_problems(problems, len(range(0, total + 10, step)))
+
+
+@h.test("a reply sidepool builds itself is sent whole or not at all: PING with a "
+        "3,000-byte message while the worker's Nth allocation fails, for every N the "
+        "exchange takes; the client gets the message and the next PONG, or is closed "
+        "after whole replies (or an error for the request that met the failure), "
+        "never a cut one", timeout=90)
+def local_reply_whole_or_closed():
+    r = h.RedisServer()
+    tmp = h.mkdtemp("sp-gate-")
+    gate = os.path.join(tmp, "fail-now")
+    sp = make(config(r, workers=1, ctl=False))
+    sp.failalloc = {"FILE": gate, "THREAD": "workers", "BACKTRACE": "100000"}
+    sp.start()
+    msg = bytes(random.Random(7).choice(b"abcdefgh") for _ in range(3000))
+    replies = [b"$3000\r\n" + msg + b"\r\n", b"+PONG\r\n"]
+    everything = b"".join(replies)
+    request = h.encode("PING", msg) + h.encode("PING")
+
+    def whole_replies(got):
+        """got is whole replies in order, each the right one or an error
+        line (the request that met the failure may be refused)."""
+        pos = 0
+        for want in replies:
+            if pos == len(got):
+                return True
+            if got.startswith(want, pos):
+                pos += len(want)
+            elif got.startswith(b"-", pos) and got.find(b"\r\n", pos) > 0:
+                pos = got.find(b"\r\n", pos) + 2
+            else:
+                return False
+        return pos == len(got)
+
+    def exchange(plan):
+        """Send the two PINGs with plan in force; what came back, and
+        whether the connection was closed."""
+        with h.RespClient(sp.listeners[0]) as c:
+            assert c.call("PING") == "PONG"  # its buffers exist before the plan
+            switch_failures(sp, gate, plan)
+            try:
+                c.send(request)
+                got, closed = b"", False
+                deadline = time.monotonic() + h.scale(3)
+                c.sock.settimeout(0.2)
+                while got != everything and time.monotonic() < deadline:
+                    try:
+                        chunk = c.sock.recv(65536)
+                    except socket.timeout:
+                        continue
+                    if not chunk:
+                        closed = True
+                        break
+                    got += chunk
+            finally:
+                calls = switch_failures(sp, gate, None)[2]
+        return got, closed, calls
+
+    got, closed, total = exchange("after=1000000000")
+    assert got == everything and not closed, "with nothing failing: %r" % (got[:80],)
+    h.diag("the exchange takes %d allocations on the worker" % total)
+    problems = []
+    for k in range(total + 2):
+        before = len(sp.log_text())
+        got, closed, _ = exchange("after=%d count=1" % k)
+        if got == everything or (closed and whole_replies(got)):
+            continue
+        stack = failing_stack(sp.log_text()[before:])
+        problems.append("k=%d: %s after %d bytes (%r...); failed: %s" % (
+            k, "closed" if closed else "no more", len(got), got[:40], stack or "(none)"))
+    assert sp.alive(), "sidepool %s" % sp.death()
+    report_problems(problems, total + 2)
 
 
 def main():
