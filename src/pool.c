@@ -324,22 +324,22 @@ has_room(const struct pool *p, const struct backend *b)
 }
 
 /*
- * A busy connection with room: the one that took the last request, for as
- * long as it has room, then the one before it. Filling one connection
- * before the next makes a round of many clients' requests one write to the
- * server and one read of its replies; spread over n connections they
- * would cost n writes, n reads and n wakeups on both sides, for no gain:
- * the server runs one command at a time anyway.
+ * A connection of list s (busy, or still connecting) with room, held by no
+ * client: the one that took the last request, for as long as it has room,
+ * then the one before it. Filling one connection before the next makes a
+ * round of many clients' requests one write to the server and one read of
+ * its replies; spread over n connections they would cost n writes, n
+ * reads and n wakeups on both sides, for no gain: the server runs one
+ * command at a time anyway.
  */
 static struct backend *
-shared_with_room(struct pool *p)
+with_room(struct pool *p, enum backend_state s)
 {
 	struct backend *b;
 
-	TAILQ_FOREACH_REVERSE(b, &p->lists[BACKEND_ACTIVE], backend_list,
-	    pool_link)
-		if (has_room(p, b))
-			return to_tail(p, BACKEND_ACTIVE, b);
+	TAILQ_FOREACH_REVERSE(b, &p->lists[s], backend_list, pool_link)
+		if (b->owner == NULL && has_room(p, b))
+			return to_tail(p, s, b);
 	return NULL;
 }
 
@@ -356,15 +356,18 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 
 	if (fail_fast(p, err, errlen))
 		return NULL;
-	if ((b = shared_with_room(p)) != NULL)
+	if ((b = with_room(p, BACKEND_ACTIVE)) != NULL)
 		return b;
 	if ((b = TAILQ_FIRST(&p->lists[BACKEND_IDLE])) != NULL) {
 		pool_set_state(b, BACKEND_ACTIVE, now);
 		return b;
 	}
-	b = TAILQ_FIRST(&p->lists[BACKEND_CONNECTING]);
-	if (b != NULL && b->owner == NULL && b->ninflight < p->pipeline_depth)
-		return rotate(p, BACKEND_CONNECTING);
+	/* Every connection being opened with room is considered, not only
+	 * the first: a burst of clients after a quiet spell (no idle
+	 * connection left) opened a connection per client up to
+	 * max_connections once the first connecting one was full. */
+	if ((b = with_room(p, BACKEND_CONNECTING)) != NULL)
+		return b;
 	if (pool_total(p) < p->max_connections) {
 		b = p->ops->open(p, err, errlen);
 		if (b != NULL)

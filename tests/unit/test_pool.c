@@ -268,6 +268,24 @@ START_TEST(test_connection_with_large_transfer_takes_no_new_request)
 }
 END_TEST
 
+START_TEST(test_requests_fill_a_connecting_connection_before_opening_another)
+{
+	pool.max_connections = 8;
+	struct backend *a = pool_acquire(&pool, fake_now, NULL, 0);
+	a->ninflight = pool.pipeline_depth; /* full while it connects */
+	struct backend *b = pool_acquire(&pool, fake_now, NULL, 0);
+	ck_assert_ptr_ne(a, b);
+	ck_assert_uint_eq(b->state, BACKEND_CONNECTING);
+	b->ninflight = 16;
+	for (int i = 0; i < 5; i++) {
+		struct backend *x = pool_acquire(&pool, fake_now, NULL, 0);
+		ck_assert_ptr_eq(x, b);
+		x->ninflight += 16;
+	}
+	ck_assert_int_eq(nfakes, 2);
+}
+END_TEST
+
 START_TEST(test_deep_pipelines_open_new_connections_up_to_max)
 {
 	for (int i = 0; i < 3; i++) {
@@ -506,6 +524,7 @@ pool_suite(void)
 	tcase_add_test(tc, test_requests_fill_the_last_used_connection_before_another);
 	tcase_add_test(tc, test_busy_connection_is_preferred_to_an_idle_one);
 	tcase_add_test(tc, test_connection_with_large_transfer_takes_no_new_request);
+	tcase_add_test(tc, test_requests_fill_a_connecting_connection_before_opening_another);
 	tcase_add_test(tc, test_deep_pipelines_open_new_connections_up_to_max);
 	tcase_add_test(tc, test_failed_open_on_empty_pool_returns_null);
 	tcase_add_test(tc, test_connect_timeout_closes_connecting_connection);
