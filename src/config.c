@@ -319,6 +319,16 @@ push_error(struct loader *ld, char *msg)
 	ld->errs->msgs = v;
 }
 
+/* Forget the errors recorded after the first n. */
+static void
+drop_errors_after(struct config_errors *errs, size_t n)
+{
+	if (errs == NULL)
+		return;
+	while (errs->n > n)
+		free(errs->msgs[--errs->n]);
+}
+
 static void err_at(struct loader *, yaml_mark_t, const char *, ...)
     ATTR_PRINTF(3, 4);
 
@@ -2089,7 +2099,9 @@ report_syntax_error(struct loader *ld, const yaml_parser_t *p)
 	char		 context[128] = "";
 	yaml_mark_t	 m = p->problem_mark;
 
-	if (p->error == YAML_MEMORY_ERROR) {
+	/* libyaml's loader gives up on some failed allocations (a tag's
+	 * copy) without recording any error: a failure with none is one. */
+	if (p->error == YAML_MEMORY_ERROR || p->error == YAML_NO_ERROR) {
 		ld->oom = true;
 		return;
 	}
@@ -2151,6 +2163,7 @@ config_load_string(const char *text, size_t len, const char *name,
 	struct loader	 ld;
 	yaml_parser_t	 parser;
 	struct config	*cfg;
+	size_t		 nbefore = errs != NULL ? errs->n : 0;
 
 	memset(&ld, 0, sizeof(ld));
 	ld.name = name != NULL ? name : "<config>";
@@ -2162,7 +2175,8 @@ config_load_string(const char *text, size_t len, const char *name,
 	    !yaml_parser_initialize(&parser)) {
 		config_free(cfg);
 		push_error(&ld, format("%s: out of memory loading the "
-		    "configuration", ld.name));
+		    "configuration (check the memory limits of the service, "
+		    "then load it again)", ld.name));
 		return NULL;
 	}
 	ld.cfg = cfg;
@@ -2174,9 +2188,15 @@ config_load_string(const char *text, size_t len, const char *name,
 	free(ld.ldrafts);
 	free(ld.udrafts);
 	free(ld.uses);
-	if (ld.oom)
+	if (ld.oom) {
+		/* What else was reported follows from the missing piece
+		 * ("no upstreams", "names upstream 'redis', which is not
+		 * defined"): the file may well be right. Say only this. */
+		drop_errors_after(errs, nbefore);
 		push_error(&ld, format("%s: out of memory loading the "
-		    "configuration", ld.name));
+		    "configuration (check the memory limits of the service, "
+		    "then load it again)", ld.name));
+	}
 	if (ld.nerrors > 0 || ld.oom) {
 		config_free(cfg);
 		return NULL;

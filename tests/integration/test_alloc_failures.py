@@ -278,6 +278,12 @@ def refused_properly(sp):
             or ".yml" in ln]
     if not said:
         return "exit code %d with no error message (log: %r)" % (code, sp.messages()[-3:])
+    # the configuration is valid: an error about it other than the memory
+    # itself is a consequence of the failure, reported as the file's fault
+    bogus = [ln for ln in said if ".yml" in ln and "out of memory" not in ln
+             and "Cannot allocate memory" not in ln and "is not valid" not in ln]
+    if bogus:
+        return "a valid configuration reported as wrong: %r" % (bogus[0][-200:],)
     return None
 
 
