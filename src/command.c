@@ -549,19 +549,27 @@ compose_subname(const struct command *cmd, const char *arg1, size_t arg1len,
 	return true;
 }
 
+const struct command *
+command_subcommand(const struct command *cmd, const char *arg1,
+    size_t arg1len)
+{
+	char key[64]; /* longer than any "container|sub" redis has */
+	size_t keylen;
+
+	if (cmd == NULL || !(cmd->flags & CMDF_SUBCOMMANDS) || arg1 == NULL ||
+	    !compose_subname(cmd, arg1, arg1len, key, sizeof(key), &keylen))
+		return NULL;
+	return search_table(subcommands, NELEM(subcommands), key, keylen);
+}
+
 enum cmd_policy
 command_policy(const struct command *cmd, const char *arg1, size_t arg1len)
 {
 	const struct command *sub;
-	char key[64]; /* longer than any "container|sub" redis has */
-	size_t keylen;
 
 	if (cmd == NULL)
 		return CMD_FORWARD;
-	if (!(cmd->flags & CMDF_SUBCOMMANDS) || arg1 == NULL ||
-	    !compose_subname(cmd, arg1, arg1len, key, sizeof(key), &keylen))
-		return cmd->policy;
-	sub = search_table(subcommands, NELEM(subcommands), key, keylen);
+	sub = command_subcommand(cmd, arg1, arg1len);
 	return sub != NULL ? sub->policy : cmd->policy;
 }
 

@@ -48,6 +48,10 @@ const struct command *command_lookup(const char *name, size_t len);
 enum cmd_policy command_policy(const struct command *cmd, const char *arg1,
     size_t arg1len);
 
+/* The entry of cmd's subcommand arg1 ("client|setname"), NULL when cmd
+ * has no such subcommand. */
+const struct command *command_subcommand(const struct command *cmd,
+    const char *arg1, size_t arg1len);
 size_t command_count(void);
 size_t command_index(const struct command *cmd); /* 0..command_count()-1 */
 const struct command *command_at(size_t i);

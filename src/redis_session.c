@@ -19,6 +19,7 @@
 #include "redis_session.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -168,19 +169,42 @@ free_args(struct args *a)
 	free(a->len);
 }
 
+/*
+ * An integer as redis-server reads one (string2ll): an optional '-', then
+ * digits with no leading zero ("0" itself, but not "-0", "007", "+1" or
+ * " 1"), within a long long.
+ */
 static bool
 parse_index(const char *s, size_t len, long long *out)
 {
-	char buf[32];
-	char *end;
+	bool neg = len > 0 && s[0] == '-';
+	size_t i = neg ? 1 : 0;
+	unsigned long long v = 0;
+	unsigned long long max = neg ? (unsigned long long)LLONG_MAX + 1 :
+	    (unsigned long long)LLONG_MAX;
 
-	if (len == 0 || len >= sizeof(buf))
+	if (len == 1 && s[0] == '0') {
+		*out = 0;
+		return true;
+	}
+	if (i >= len || s[i] < '1' || s[i] > '9')
 		return false;
-	memcpy(buf, s, len);
-	buf[len] = '\0';
-	*out = strtoll(buf, &end, 10);
-	return *end == '\0' && !(buf[0] == '0' && len > 1) && buf[0] != '+' &&
-	    buf[0] != ' ';
+	for (; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9' ||
+		    v > (max - (unsigned long long)(s[i] - '0')) / 10)
+			return false;
+		v = v * 10 + (unsigned long long)(s[i] - '0');
+	}
+	*out = neg ? (long long)(0 - v) : (long long)v;
+	return true;
+}
+
+/* The command table's arity (redis' convention: N exactly, -N at least N). */
+static bool
+arity_ok(const struct command *cmd, int argc)
+{
+	return cmd == NULL || (cmd->arity >= 0 ? argc == cmd->arity :
+	    argc >= -cmd->arity);
 }
 
 /* ---- channel sets -------------------------------------------------------- */
@@ -358,8 +382,8 @@ cmd_auth(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 		rc = check_credentials(ri->upstream, a->v[1], a->len[1],
 		    a->v[2], a->len[2], ri->reply);
 	else {
-		add_error(ri->reply, "-ERR wrong number of arguments for 'auth' "
-		    "command");
+		add_error(ri->reply, a->argc > 3 ? "-ERR syntax error" :
+		    "-ERR wrong number of arguments for 'auth' command");
 		return PV_LOCAL;
 	}
 	if (rc == 0) {
@@ -436,6 +460,11 @@ cmd_hello(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 			    "integer or out of range");
 			return PV_LOCAL;
 		}
+		if (ver < 2 || ver > 3) { /* before the options, as redis */
+			add_error(ri->reply, "-NOPROTO unsupported protocol "
+			    "version");
+			return PV_LOCAL;
+		}
 		i = 2;
 	}
 	for (; i < a->argc; i++) {
@@ -455,7 +484,7 @@ cmd_hello(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 	}
 	/* As redis-server: the version is checked before any AUTH, so a
 	 * refused HELLO 3 authenticates nobody. */
-	if (ver < 2 || ver > 3 || ver == 3) {
+	if (ver == 3) { /* RESP3 is not spoken to clients (docs/redis.md) */
 		add_error(ri->reply, "-NOPROTO unsupported protocol version");
 		return PV_LOCAL;
 	}
@@ -490,6 +519,11 @@ cmd_select(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 	if (!parse_index(a->v[1], a->len[1], &db)) {
 		add_error(ri->reply, "-ERR value is not an integer or out of "
 		    "range");
+		return PV_LOCAL;
+	}
+	if (db < INT_MIN || db > INT_MAX) {
+		add_error(ri->reply, "-ERR value is out of range, value must "
+		    "between %d and %d", INT_MIN, INT_MAX);
 		return PV_LOCAL;
 	}
 	if (db < 0 || db >= (long long)ri->upstream->databases) {
@@ -529,6 +563,7 @@ cmd_client(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 {
 	const char *sub = a->argc > 1 ? a->v[1] : "";
 	size_t len = a->argc > 1 ? a->len[1] : 0;
+	const struct command *sc;
 
 	if (arg_is(sub, len, "setname") && a->argc == 3) {
 		if (set_name(s, a->v[2], a->len[2], ri->reply))
@@ -548,6 +583,16 @@ cmd_client(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 		evbuffer_add(ri->reply, "+OK\r\n", 5);
 	} else if (arg_is(sub, len, "help")) {
 		return PV_FORWARD;
+	} else if (a->argc < 2) {
+		add_error(ri->reply, "-ERR wrong number of arguments for "
+		    "'client' command");
+	} else if ((sc = command_subcommand(command_lookup("client", 6), sub,
+	    len)) == NULL) {
+		add_error(ri->reply, "-ERR unknown subcommand '%.*s'. Try CLIENT "
+		    "HELP.", (int)len, sub);
+	} else if (!arity_ok(sc, a->argc)) {
+		add_error(ri->reply, "-ERR wrong number of arguments for '%s' "
+		    "command", sc->name);
 	} else {
 		char up[32];
 		size_t n = len < sizeof(up) - 1 ? len : sizeof(up) - 1;
@@ -579,8 +624,13 @@ cmd_ping_echo(const struct redis_session *s, bool ping, const struct args *a,
 /* RESET: as a new connection, but authentication is only kept when none
  * is required. The client's own connection, if any, is closed. */
 static enum proto_verdict
-cmd_reset(struct redis_session *s, struct reqinfo *ri)
+cmd_reset(struct redis_session *s, const struct args *a, struct reqinfo *ri)
 {
+	if (a->argc != 1) { /* refused before it resets anything */
+		add_error(ri->reply, "-ERR wrong number of arguments for "
+		    "'reset' command");
+		return PV_LOCAL;
+	}
 	ri->drop_session = true;
 	session_reset(s);
 	s->db = 0;
@@ -723,14 +773,6 @@ transaction(struct redis_session *s, enum cmd_kind k, struct reqinfo *ri)
 	return PV_FORWARD;
 }
 
-/* The command table's arity (redis' convention: N exactly, -N at least N). */
-static bool
-arity_ok(const struct command *cmd, int argc)
-{
-	return cmd == NULL || (cmd->arity >= 0 ? argc == cmd->arity :
-	    argc >= -cmd->arity);
-}
-
 /*
  * MULTI, EXEC, DISCARD, WATCH or UNWATCH with the wrong number of
  * arguments: the server answers its arity error and changes nothing
@@ -855,7 +897,7 @@ answer_local(struct redis_session *s, enum cmd_kind k, const struct args *a,
 	case K_CLIENT:
 		return cmd_client(s, a, ri);
 	default:
-		return cmd_reset(s, ri);
+		return cmd_reset(s, a, ri);
 	}
 }
 
