@@ -48,22 +48,41 @@ mark_dirty(struct backend *b)
  * Only the request that needed the connection fails: the server is not
  * marked down and no failure is counted against it, so the other clients
  * go on using the connections that are open, and the next request tries
- * again as soon as a descriptor is free. Every client that hits it would
- * log a line; one a second per worker is enough to be seen.
+ * again as soon as a descriptor (or a port) is free. Every client that
+ * hits it would log a line; one a second per worker is enough to be seen.
  */
 static void
 report_local_shortage(struct pool *p, int e, char *err, size_t errlen)
 {
 	static _Thread_local struct log_limit limit;
-	bool fds = e == EMFILE || e == ENFILE;
+	const char *what, *todo;
 
+	switch (e) {
+	case EMFILE:
+		what = "out of file descriptors";
+		todo = "raise the open files limit (LimitNOFILE=, ulimit -n) "
+		    "or lower max_clients";
+		break;
+	case ENFILE:
+		what = "out of file descriptors";
+		todo = "the system-wide limit is reached: raise fs.file-max "
+		    "or find the process holding them";
+		break;
+	case EADDRNOTAVAIL:
+		/* Every local port to this address is taken, most often
+		 * by connections closed a moment ago (TIME_WAIT). */
+		what = "out of local ports";
+		todo = "widen net.ipv4.ip_local_port_range, or open and close "
+		    "fewer connections to it (a larger pool size, a longer "
+		    "idle_timeout and max_lifetime)";
+		break;
+	default:
+		what = "out of kernel memory";
+		todo = "free memory on the host or lower max_connections";
+		break;
+	}
 	snprintf(err, errlen, "%s: cannot open a connection to %s (%s); %s",
-	    fds ? "out of file descriptors" : "out of kernel memory",
-	    p->server->addr.text, strerror(e), e == EMFILE ?
-	    "raise the open files limit (LimitNOFILE=, ulimit -n) or lower "
-	    "max_clients" : e == ENFILE ? "the system-wide limit is reached: "
-	    "raise fs.file-max or find the process holding them" :
-	    "free memory on the host or lower max_connections");
+	    what, p->server->addr.text, strerror(e), todo);
 	log_limited(&limit, LOG_WARN, "%s; the server is not marked down",
 	    err);
 }

@@ -271,11 +271,11 @@ net_read_reserved(struct evbuffer *buf, int fd, size_t max)
 }
 
 /* An accept or connect that failed for want of something of our own
- * (descriptors, kernel buffers): it says nothing about the peer, and
- * retrying at once only spins. */
+ * (descriptors, kernel buffers, local ports for a connect): it says
+ * nothing about the peer, and retrying at once only spins. */
 bool
 net_local_shortage(int err)
 {
 	return err == EMFILE || err == ENFILE || err == ENOBUFS ||
-	    err == ENOMEM;
+	    err == ENOMEM || err == EADDRNOTAVAIL;
 }

@@ -34,7 +34,9 @@ test_limits.py - resource exhaustion and the per-client limits.
 
 import json
 import os
+import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -982,5 +984,99 @@ def fd_shortage_not_queued():
     fd_shortage(queue=16)
 
 
+# --------------------------------------------------------------------------
+# Out of local ports (EADDRNOTAVAIL), for real: in a network namespace of
+# its own whose ephemeral port range is two ports wide
+
+PORTS_FLAG = "--in-netns-ports-exhausted"
+PORT_RANGE = (61100, 61101)  # outside the default range: no listener is there
+
+
+def lo_up():
+    """Bring the namespace's loopback up (no ip(8) needed)."""
+    import fcntl
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(s, siocgifflags, req)[:18])[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH", b"lo", flags | iff_up))
+
+
+def ports_exhausted_body():
+    """Runs inside `unshare --net`: every process it starts (redis, sidepool,
+    sidepoolctl) shares the namespace. Clients use unix sockets, which take
+    no port."""
+    lo_up()
+    tmp = h.mkdtemp("sp-ports-")
+    rsock = os.path.join(tmp, "redis.sock")
+    r = h.RedisServer(["--unixsocket", rsock, "--unixsocketperm", "700"])
+    cfg = h.redis_config([r], listen=(h.AUTO_UNIX,), workers=1,
+                         pool={"size": 2, "max_connections": 8, "idle_timeout": "60s",
+                               "probe_interval": 0})
+    sp = Daemon(cfg)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+            f.write("%d %d\n" % PORT_RANGE)
+        a, b = sp.client(timeout=10), sp.client(timeout=10)
+        a.send(h.encode("BLPOP", "q1", "20"))  # each holds a connection of its own
+        b.send(h.encode("BLPOP", "q2", "20"))
+        with h.RespClient("unix:" + rsock) as direct:
+            h.poll_until(lambda: b"blocked_clients:2" in direct.call("INFO", "clients"),
+                         h.scale(5), what="two BLPOPs blocked in redis")
+            with sp.client(timeout=5) as c:
+                t0 = time.monotonic()
+                v = c.call("GET", "k")
+                dt = time.monotonic() - t0
+                assert isinstance(v, h.Error) and \
+                    v.startswith("ERR sidepool: out of local ports") and \
+                    "ip_local_port_range" in v, "a GET with no local port left got %r" % (v,)
+                assert dt < h.scale(1), "the error took %.2fs" % dt
+                h.diag("the GET got: %s" % v)
+                srv = ctl_json(sp, "servers")["servers"][0]
+                assert srv["state"] == "up" and srv["failures"] == 0 and \
+                    srv["marked_down"] == 0, "the server was blamed: %s" % srv
+                lines = [ln for ln in sp.log_text().splitlines() if "out of local ports" in ln]
+                assert lines and "not marked down" in lines[0], lines
+                # a connection comes free: the next request is served on it
+                assert direct.call("LPUSH", "q1", "x") == 1
+                assert a.read_reply() == [b"q1", b"x"]
+                assert c.call("SET", "k", "v") == "OK"
+                assert c.call("GET", "k") == b"v"
+        b.close()
+        a.close()
+        assert sp.alive()
+    finally:
+        sp.stop()
+        r.stop()
+    return 0
+
+
+@h.test("out of local ports (a network namespace whose port range is two wide, both held by "
+        "blocked clients): a request needing a new server connection gets '-ERR sidepool: "
+        "out of local ports ... ip_local_port_range' at once, the server is not marked down, "
+        "and the next request is served once a connection comes free", timeout=60)
+def local_ports_exhausted():
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise h.Skip("no unshare(1)")
+    if h.WRAPPER:
+        raise h.Skip("not under %s" % h.WRAPPER[0])
+    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise h.Skip("cannot make a network namespace here: %s" % probe.stderr.strip())
+    r = subprocess.run([unshare, "--net", sys.executable, os.path.abspath(__file__),
+                        PORTS_FLAG], capture_output=True, text=True, timeout=h.scale(50))
+    for ln in (r.stdout + r.stderr).splitlines():
+        h.diag(ln[2:] if ln.startswith("# ") else ln)
+    assert r.returncode == 0, "the run in its own network namespace failed (exit %d)" % (
+        r.returncode,)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == [PORTS_FLAG]:
+        try:
+            sys.exit(ports_exhausted_body())
+        except AssertionError as e:
+            print("FAILED: %s" % e)
+            sys.exit(1)
     h.run()
