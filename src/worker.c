@@ -31,8 +31,8 @@
  * epoll_wait per flush and saves more: flushing at the end of every round
  * instead measured 1.34x Redis's CPU per pipelined request. Flushing at
  * once only rounds that touched fewer than 4 connections was tried too:
- * no gain with 1 or 4 clients, and connect-per-request cost Redis 1.15x
- * (each request its own write).
+ * no gain that paired runs could tell from their noise, with 1, 4 or 8
+ * connect-per-request clients.
  */
 #define PRIORITIES 3
 #define FLUSH_PRIORITY 2
