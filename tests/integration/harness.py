@@ -233,11 +233,10 @@ def can_connect(addr, timeout=1.0):
         return False
 
 
-def tcp_recv_queue(port):
-    """Bytes waiting unread in the receive queues of TCP sockets whose local
-    port is port (from /proc/net/tcp{,6}): how we see that requests reached a
-    server that is stopped and cannot read them."""
-    total = 0
+def tcp_sockets():
+    """Every TCP socket of the host, from /proc/net/tcp{,6}: (local port,
+    remote port, state as hex ("01" ESTABLISHED), bytes unread)."""
+    out = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
@@ -248,15 +247,17 @@ def tcp_recv_queue(port):
             fields = line.split()
             if len(fields) < 5:
                 continue
-            local = fields[1]
-            st = fields[3]
-            if st != "01":  # ESTABLISHED
-                continue
-            if int(local.rsplit(":", 1)[1], 16) != port:
-                continue
-            rxq = int(fields[4].split(":")[1], 16)
-            total += rxq
-    return total
+            out.append((int(fields[1].rsplit(":", 1)[1], 16),
+                        int(fields[2].rsplit(":", 1)[1], 16), fields[3],
+                        int(fields[4].split(":")[1], 16)))
+    return out
+
+
+def tcp_recv_queue(port):
+    """Bytes waiting unread in the receive queues of established TCP
+    sockets whose local port is port: how we see that requests reached a
+    server that is stopped and cannot read them."""
+    return sum(rxq for local, _, st, rxq in tcp_sockets() if local == port and st == "01")
 
 
 def run_threads(fn, n, timeout, name="worker"):

@@ -689,18 +689,7 @@ UAF_MAX_OUTPUT_BYTES = 64 * 1024
 def tcp_states_to(port):
     """States (hex, as in /proc/net/tcp) of the loopback TCP sockets whose
     remote port is port: the daemon's connections to a server."""
-    states = []
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 3 and int(fields[2].rsplit(":", 1)[1], 16) == port:
-                states.append(fields[3])
-    return states
+    return [st for _, remote, st, _ in h.tcp_sockets() if remote == port]
 
 
 def open_states_to(port):
