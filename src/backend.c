@@ -520,24 +520,12 @@ finish_connect(struct backend *b)
 static int
 flush_backend(struct backend *b)
 {
-	while (evbuffer_get_length(b->out) > 0) {
-		int n = evbuffer_write(b->out, b->fd);
-		if (n > 0) {
-			b->pool->stats.bytes_sent += (uint64_t)n;
-			continue;
-		}
-		if (n == -1 && (errno == EAGAIN || errno == EINTR))
-			break;
+	if (net_flush(b->out, b->fd, &b->wev, &b->write_armed,
+	    &b->pool->stats.bytes_sent) == -1) {
 		backend_close(b, CLOSE_SERVER_ERROR,
-		    n == 0 ? "write failed" : strerror(errno));
+		    errno == 0 ? "write failed" : strerror(errno));
 		return -1;
 	}
-	bool want = evbuffer_get_length(b->out) > 0;
-	if (want && !b->write_armed)
-		event_add(&b->wev, NULL);
-	else if (!want && b->write_armed)
-		event_del(&b->wev);
-	b->write_armed = want;
 	return 0;
 }
 

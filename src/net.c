@@ -15,6 +15,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 static int
 new_socket(int family)
 {
@@ -268,6 +270,37 @@ net_read_reserved(struct evbuffer *buf, int fd, size_t max)
 	}
 	evbuffer_commit_space(buf, v, n);
 	return r;
+}
+
+/*
+ * Write what out holds, as far as the socket takes it now, and keep wev
+ * armed exactly while something is left: one epoll change per change of
+ * state, not one per write. The bytes written are added to *bytes. -1:
+ * the connection failed (errno; 0 for a write that took nothing).
+ */
+int
+net_flush(struct evbuffer *out, int fd, struct event *wev, bool *armed,
+    uint64_t *bytes)
+{
+	while (evbuffer_get_length(out) > 0) {
+		int n = evbuffer_write(out, fd);
+		if (n > 0) {
+			*bytes += (uint64_t)n;
+			continue;
+		}
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			break;
+		if (n == 0)
+			errno = 0;
+		return -1;
+	}
+	bool want = evbuffer_get_length(out) > 0;
+	if (want && !*armed)
+		event_add(wev, NULL);
+	else if (!want && *armed)
+		event_del(wev);
+	*armed = want;
+	return 0;
 }
 
 /* An accept or connect that failed for want of something of our own

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include <event2/buffer.h>
@@ -28,6 +29,9 @@ int net_socket_error(int fd);
 int net_accept(int lfd, int *fdp);
 void net_tune_stream(int fd);
 bool net_local_shortage(int err);
+struct event;
+int net_flush(struct evbuffer *out, int fd, struct event *wev, bool *armed,
+    uint64_t *bytes);
 
 /* Read what is ready, up to max bytes, into buf. Returns bytes read (> 0),
  * 0 at end of stream, -1 on error (errno set; EAGAIN when nothing ready). */
