@@ -997,27 +997,16 @@ flush_client(struct client *c)
 
 	if (cv->retry_pending && c->state == CLIENT_OPEN)
 		retry_pending(c);
-	while (evbuffer_get_length(cv->out) > 0) {
-		int n = evbuffer_write(cv->out, c->fd);
-		if (n > 0) {
-			c->route->env->stats->bytes_out += (uint64_t)n;
-			continue;
-		}
-		if (n == -1 && (errno == EAGAIN || errno == EINTR))
-			break;
-		client_close(c, n == 0 ? "write failed" : strerror(errno));
+	if (net_flush(cv->out, c->fd, &cv->wev, &cv->write_armed,
+	    &c->route->env->stats->bytes_out) == -1) {
+		client_close(c, errno == 0 ? "write failed" : strerror(errno));
 		return;
 	}
-	bool want = evbuffer_get_length(cv->out) > 0;
-	if (want && !cv->write_armed)
-		event_add(&cv->wev, NULL);
-	else if (!want && cv->write_armed)
-		event_del(&cv->wev);
-	cv->write_armed = want;
 	if (cv->paused != NULL &&
 	    buffered(cv) < c->route->upstream->limits.max_output / 2)
 		release_backend(c);
-	if (c->state == CLIENT_DRAINING && !want && cv->npending == 0) {
+	if (c->state == CLIENT_DRAINING && !cv->write_armed &&
+	    cv->npending == 0) {
 		client_close(c, "done");
 		return;
 	}
