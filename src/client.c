@@ -597,7 +597,10 @@ on_stream_reply(struct request *req, struct evbuffer *src, size_t len,
 		/* The connection is gone, and the request with it. */
 		cv->stream = NULL;
 		request_free(&c->route->env->requests, req);
-		proto->error_reply(cv->out, 0, errmsg);
+		if (proto->error_reply(cv->out, 0, errmsg) == -1) {
+			client_close(c, "out of memory"); /* a reply lost */
+			return;
+		}
 		mark_dirty(c);
 		return;
 	}
