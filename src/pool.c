@@ -279,7 +279,7 @@ pool_release(struct backend *b, uint64_t now)
 		pool_set_state(b, BACKEND_IDLE, now);
 }
 
-/* b, in list s, goes last: round robin among the connections of s. */
+/* b goes last in list s: the most recently used end. */
 static struct backend *
 to_tail(struct pool *p, enum backend_state s, struct backend *b)
 {
@@ -362,10 +362,8 @@ pool_acquire(struct pool *p, uint64_t now, char *err, size_t errlen)
 		pool_set_state(b, BACKEND_ACTIVE, now);
 		return b;
 	}
-	/* Every connection being opened with room is considered, not only
-	 * the first: a burst of clients after a quiet spell (no idle
-	 * connection left) opened a connection per client up to
-	 * max_connections once the first connecting one was full. */
+	/* After a quiet spell a burst finds only connections being opened:
+	 * they fill like busy ones, or each client would open its own. */
 	if ((b = with_room(p, BACKEND_CONNECTING)) != NULL)
 		return b;
 	if (pool_total(p) < p->max_connections) {
