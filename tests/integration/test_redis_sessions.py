@@ -1412,5 +1412,29 @@ def hiredis_and_redis_cli():
                "hiredis's keys in redis db 4")
 
 
+@h.test("RESET waiting for a stream's owed reply (SUBSCRIBE without a channel, redis "
+        "stopped) when the server dies: the SUBSCRIBE gets its error, RESET is answered "
+        "+RESET, the client goes on")
+def reset_waiting_on_a_stream_that_dies():
+    r = h.RedisServer()
+    sp = start(r)
+    with sp.client(timeout=10) as c:
+        assert c.call("PING") == "PONG"
+        r.pause()
+        # one write: RESET is parsed right behind the SUBSCRIBE and waits
+        # for the reply the stream owes
+        c.send(h.encode("SUBSCRIBE") + h.encode("RESET"))
+        h.poll_until(lambda: h.tcp_recv_queue(r.port) > 0, h.scale(5),
+                     what="the SUBSCRIBE to reach the stopped redis")
+        r.kill()
+        got = c.read_replies(2, timeout=5)
+        assert isinstance(got[0], h.Error) and got[0].startswith("ERR sidepool:"), \
+            "the SUBSCRIBE whose connection died got %r" % (got[0],)
+        assert got[1] == "RESET", "RESET got %r" % (got[1],)
+        r.start()
+        assert c.call("SET", "after-reset", "1") == "OK"
+    assert sp.alive()
+
+
 if __name__ == "__main__":
     h.run()
